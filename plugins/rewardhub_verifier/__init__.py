@@ -1,0 +1,1 @@
+"""The verifier reward plugin: math answers (sympy), code tests (sandboxed) and user-written checkers."""

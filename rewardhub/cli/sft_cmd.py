@@ -1,0 +1,23 @@
+"""``rewardhub sft``: supervised fine-tuning, the warm-up every other method starts from."""
+
+from __future__ import annotations
+
+from rewardhub.cli.common import print_summary
+from rewardhub.config import SFTConfig, add_flags, load_config
+
+
+def add_parser(sub):
+    p = sub.add_parser("sft", help="supervised fine-tuning (completion-only loss)",
+                       description="Supervised fine-tuning on prompt/completion, messages or text data. "
+                       "Defaults: the built-in tiny model on the built-in arithmetic task.")
+    add_flags(p, SFTConfig)
+    return p
+
+
+def run(args) -> int:
+    from rewardhub.algorithms.sft import train_sft
+
+    cfg = load_config(SFTConfig, args)
+    final = train_sft(cfg)
+    print_summary(f"sft finished: {cfg.out}", final)
+    return 0

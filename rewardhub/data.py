@@ -1,0 +1,186 @@
+"""Loading rows: files, directories, hub ids and registered tasks, in TRL's dataset formats unchanged.
+
+Formats (columns):
+
+- ``prompt``: prompt-only (RL); ``prompt`` + ``completion``: SFT; ``prompt`` + ``chosen`` + ``rejected``:
+  preferences; ``messages``: conversational, rendered with the tokenizer's chat template; ``text``: plain LM.
+- A prompt or completion may be a string (standard) or a list of ``{"role", "content"}`` messages
+  (conversational).
+
+A row that lacks a needed column fails with the row index and the columns it has.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rewardhub.errors import DataError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMATS = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "prompt": ("prompt",),
+    "text": ("text",),
+}
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """``"arithmetic:test"`` -> ("arithmetic", "test"); a path or hub id without a split -> (spec, None)."""
+    if os.path.exists(spec):
+        return spec, None
+    name, sep, split = spec.rpartition(":")
+    if sep and name and split and "/" not in split:
+        return name, split
+    return spec, None
+
+
+def load_rows(spec: str, split: str | None = None, task_args: Mapping[str, Any] | None = None,
+              column_map: Mapping[str, str] | None = None, registry=None):
+    """Load a dataset from a task name, a file, a directory or a hub id, and apply ``column_map``.
+
+    Args:
+        spec: ``arithmetic`` / ``arithmetic:test`` (a registered task), ``data.jsonl`` (jsonl, json, parquet,
+            csv), a directory (``save_to_disk`` output or data files), or a hub dataset id (``org/name``).
+        split: the split to load when ``spec`` names none (default: ``train``).
+        task_args: options for a task's builder (``--data-arg``); an error for non-task data.
+        column_map: ``{"question": "prompt"}`` renames source columns to the names rewardhub expects.
+
+    Returns:
+        A ``datasets.Dataset``.
+    """
+
+    from rewardhub.options import bind_options
+    from rewardhub.plugins import build_registry
+
+    name, spec_split = parse_data_spec(spec)
+    split = spec_split or split or "train"
+    registry = registry or build_registry()
+    if name in registry.entries["task"]:
+        task = registry.get("task", name).obj
+        if split not in task.splits:
+            raise DataError(f"task {name!r} has splits {', '.join(task.splits)}; got {split!r}")
+        options = bind_options(task.build, dict(task_args or {}), f"task {name!r}")
+        options.pop("split", None)
+        ds = task.build(split=split, **options)
+    else:
+        if task_args:
+            raise DataError(f"--data-arg is only for registered tasks; {spec!r} is not one "
+                            f"(tasks: {', '.join(registry.names('task')) or 'none'})")
+        ds = _load_source(name, split)
+    return rename_columns(ds, column_map or {})
+
+
+def _load_source(spec: str, split: str):
+    import datasets
+
+    path = Path(spec)
+    try:
+        if path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use one of "
+                                f"{', '.join(FILE_BUILDERS)}")
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        if path.is_dir():
+            if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+                loaded = datasets.load_from_disk(str(path))
+                return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            return datasets.load_dataset(str(path), split=split)
+        if spec.startswith((".", "/", "~")) or spec.endswith(tuple(FILE_BUILDERS)):
+            raise DataError(f"data file or directory {spec!r} does not exist")
+        return datasets.load_dataset(spec, split=split)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"cannot load data {spec!r} (split {split!r}): {type(exc).__name__}: {exc}. Give a registered task "
+            "(see `rewardhub plugins`), a .jsonl/.json/.parquet/.csv file, a directory, or a reachable hub id."
+        ) from exc
+
+
+def rename_columns(ds, column_map: Mapping[str, str]):
+    missing = [src for src in column_map if src not in ds.column_names]
+    if missing:
+        raise DataError(f"--column-map names columns {missing} that the data lacks; columns: {ds.column_names}")
+    clashes = [dst for src, dst in column_map.items() if dst in ds.column_names and dst not in column_map]
+    if clashes:
+        raise DataError(f"--column-map would overwrite existing columns {clashes}; drop or rename them first")
+    return ds.rename_columns(dict(column_map)) if column_map else ds
+
+
+def detect_format(columns: Sequence[str]) -> str:
+    """The TRL format named by a dataset's columns (first match in :data:`FORMATS` order)."""
+    for fmt, needed in FORMATS.items():
+        if all(c in columns for c in needed):
+            return fmt
+    raise DataError(
+        f"cannot tell the data format from columns {list(columns)}; expected one of: "
+        + "; ".join(f"{fmt} ({' + '.join(cols)})" for fmt, cols in FORMATS.items())
+        + ". Rename columns with --column-map src=dst."
+    )
+
+
+def require_columns(ds, needed: Sequence[str], purpose: str) -> None:
+    """Fail with the first row that lacks (or has an empty) needed column, naming the row and its columns."""
+    absent = [c for c in needed if c not in ds.column_names]
+    if absent:
+        raise DataError(f"{purpose} needs columns {list(needed)}; the data has {ds.column_names} "
+                        f"(missing {absent}). Rename with --column-map src=dst.")
+    for i, row in enumerate(ds.select_columns(list(needed))):
+        empty = [c for c in needed if row[c] is None or (isinstance(row[c], (str, list)) and len(row[c]) == 0)]
+        if empty:
+            present = [k for k, v in ds[i].items() if v is not None]
+            raise DataError(f"row {i} lacks {empty} needed for {purpose}; that row has columns {present}")
+
+
+def is_conversational(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m for m in value)
+
+
+def render_prompt(prompt: Any, tokenizer) -> str:
+    """A prompt as the policy sees it: a string as is, messages through the chat template."""
+    if is_conversational(prompt):
+        return _chat(tokenizer, prompt, add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise DataError(f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    return prompt
+
+
+def prompt_and_completion(row: Mapping[str, Any], tokenizer, index: int | None = None) -> tuple[str, str]:
+    """(prompt text, completion text) of an SFT row in any supported format; loss goes on the completion."""
+    where = f"row {index}" if index is not None else "row"
+    if "messages" in row and row["messages"] is not None:
+        messages = row["messages"]
+        if not is_conversational(messages) or messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: `messages` must be a list of role/content dicts ending with an assistant turn")
+        return _split_chat(tokenizer, messages[:-1], messages, where)
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if is_conversational(prompt) or is_conversational(completion):
+            if not (is_conversational(prompt) and is_conversational(completion)):
+                raise DataError(f"{where}: prompt and completion must both be strings or both be message lists")
+            return _split_chat(tokenizer, prompt, list(prompt) + list(completion), where)
+        return str(prompt), str(completion)
+    if "text" in row:
+        return "", str(row["text"])
+    raise DataError(f"{where} has columns {sorted(row)}; SFT needs prompt+completion, messages, or text")
+
+
+def _split_chat(tokenizer, prompt_messages, all_messages, where: str) -> tuple[str, str]:
+    prompt = _chat(tokenizer, prompt_messages, add_generation_prompt=True) if prompt_messages else ""
+    full = _chat(tokenizer, all_messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise DataError(f"{where}: the chat template does not render the prompt as a prefix of the conversation; "
+                        "rewardhub cannot tell where the completion starts with this template")
+    return prompt, full[len(prompt):]
+
+
+def _chat(tokenizer, messages, add_generation_prompt: bool) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("conversational data needs a tokenizer with a chat template; this tokenizer has none")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -1,0 +1,201 @@
+"""What every algorithm shares: accelerate, optimiser and schedule, data order, checkpoints, metrics.
+
+Algorithms stay explicit recipes (``algorithms/sft.py``, ``ppo.py``, ...) and call these helpers; nothing
+here knows about any particular loss. Distributed training is accelerate's: DDP, FSDP and DeepSpeed
+configs (``accelerate launch --config_file ...``) work unchanged.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler and every RNG (``accelerator.save_state``)
+plus ``trainer_state.json`` (the step). The data order is a pure function of (seed, step), so the data
+position needs no extra state: step ``s`` always reads the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+# accelerate warns on every checkpoint of a model with tied embeddings ("Removed shared tensor ... This
+# should be OK"); it is expected for tied weights and reloads correctly (tested), so keep logs readable.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def make_accelerator(cfg: Any):
+    """An ``Accelerator`` with the run's seed, tracker and project directory."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if getattr(cfg, "threads", 0):
+        torch.set_num_threads(cfg.threads)
+    log_with = None if cfg.report_to == "none" else cfg.report_to
+    accelerator = Accelerator(log_with=log_with, project_dir=cfg.out)
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def make_optimizer(model, cfg: Any):
+    """AdamW over trainable parameters (no decay on biases and norms) and a transformers LR schedule."""
+    import torch
+    from transformers import get_scheduler
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95 if cfg.weight_decay else 0.999))
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
+    return optimizer, scheduler
+
+
+class DataOrder:
+    """A deterministic, resumable stream of row indices: a fresh seeded permutation per epoch.
+
+    Micro-batch ``m`` (counted over the whole run, all processes together) covers positions
+    ``[m * B, (m + 1) * B)`` of the concatenated epoch permutations; each process then takes its share
+    with ``accelerator.split_between_processes``.
+    """
+
+    def __init__(self, n_rows: int, seed: int):
+        if n_rows < 1:
+            raise ValueError("the training data is empty")
+        self.n, self.seed = n_rows, seed
+        self._cache: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        import torch
+
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._cache[epoch]
+
+    def batch(self, micro_batch: int, size: int) -> list[int]:
+        start = micro_batch * size
+        return [self._perm(pos // self.n)[pos % self.n] for pos in range(start, start + size)]
+
+    def epoch_of(self, micro_batch: int, size: int) -> float:
+        return micro_batch * size / self.n
+
+
+class Checkpointer:
+    """Save and find ``out/checkpoints/step-N`` directories; keep the newest ``keep``."""
+
+    def __init__(self, accelerator, out: str | Path, keep: int = 2):
+        self.accelerator = accelerator
+        self.root = Path(out) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        done = [p for p in self.root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
+        return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write a checkpoint; ``trainer_state.json`` is written last, so a half-written one is never resumed."""
+        path = self.root / f"{CHECKPOINT_PREFIX}{step}"
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            (path / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+            for old in sorted(self.root.glob(f"{CHECKPOINT_PREFIX}*"),
+                              key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load(self, path: Path) -> dict[str, Any]:
+        self.accelerator.load_state(str(path))
+        return json.loads((path / "trainer_state.json").read_text())
+
+
+class MetricsLogger:
+    """Metrics to ``metrics.jsonl`` (one JSON object per line), trackers, and a rich progress bar."""
+
+    def __init__(self, accelerator, out: str | Path, total_steps: int, run_name: str, config: dict | None = None,
+                 start_step: int = 0, description: str = "training"):
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.path = Path(out) / "metrics.jsonl"
+        self.t0 = time.time()
+        self.progress = None
+        if accelerator.log_with:
+            accelerator.init_trackers(run_name, config=_flat(config or {}))
+        if self.main:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self.task = self.progress.add_task(description, total=total_steps, completed=start_step, info="")
+            self.progress.start()
+
+    def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        record = {"step": step, "kind": kind, "time": round(time.time() - self.t0, 3),
+                  **{k: _num(v) for k, v in metrics.items()}}
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4])
+            self.progress.console.print(f"[dim]{kind}[/] step {step}: {shown}")
+        if self.accelerator.log_with:
+            self.accelerator.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
+
+    def advance(self, step: int, info: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.accelerator.log_with:
+            self.accelerator.end_training()
+
+
+def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:
+    """``out/model``: a plain ``save_pretrained`` directory that loads back with ``--model out/model``."""
+    path = Path(out) / "model"
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        # Under FSDP/DeepSpeed the full state dict must be gathered; on one process save_pretrained does it
+        # itself (and handles tied embeddings without a warning).
+        sharded = accelerator.num_processes > 1
+        unwrapped.save_pretrained(path, **({"state_dict": accelerator.get_state_dict(model)} if sharded else {}))
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def iterate_steps(start: int, total: int) -> Iterator[int]:
+    """Steps ``start+1 .. total`` (1-based, the step number after the update)."""
+    return iter(range(start + 1, total + 1))
+
+
+def _num(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return None if math.isnan(f) else f
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

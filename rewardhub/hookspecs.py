@@ -1,0 +1,109 @@
+"""The plugin contract: pluggy hook specifications. This module is rewardhub's public API for plugins.
+
+Every hook receives a ``register`` callable and calls it once per thing it contributes, so one plugin can
+offer several providers, verifiers or tasks, and the core (not the plugin) keeps the registry, detects
+duplicate names and reports which package each name came from.
+
+Hooks are called with keyword arguments only; an implementation may accept a subset of a spec's arguments,
+so specs can gain arguments later without breaking plugins.
+
+A plugin is any importable module (or object) with ``@rewardhub.hookimpl`` functions, made discoverable by
+an entry point in the ``rewardhub`` group of its package::
+
+    # pyproject.toml of a third-party package
+    [project.entry-points.rewardhub]
+    my_rewards = "my_rewards.plugin"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rewardhub")
+hookimpl = pluggy.HookimplMarker("rewardhub")
+
+
+class RegisterReward(Protocol):
+    def __call__(self, name: str, provider_cls: type, *, description: str = "") -> None: ...
+
+
+class RegisterVerifier(Protocol):
+    def __call__(self, name: str, check: Callable[[str, dict[str, Any]], Any], *, description: str = "") -> None:
+        ...
+
+
+class RegisterTask(Protocol):
+    def __call__(self, name: str, task: Any, *, description: str = "") -> None: ...
+
+
+@hookspec
+def rewardhub_register_rewards(register: RegisterReward) -> None:
+    """Contribute reward providers, selectable with ``--reward=NAME``.
+
+    Call ``register(name, provider_cls)`` with a :class:`rewardhub.RewardProvider` subclass. Its
+    ``__init__`` keyword arguments (with type annotations) are the provider's options, set with
+    ``--reward-arg key=value`` or under ``reward_args`` in a YAML config.
+
+    Example::
+
+        from rewardhub import Reward, RewardProvider, hookimpl
+
+        class Brevity(RewardProvider):
+            def __init__(self, limit: int = 100):
+                super().__init__()
+                self.limit = limit
+
+            def score(self, samples):
+                return [Reward(float(len(s.completion) <= self.limit)) for s in samples]
+
+        @hookimpl
+        def rewardhub_register_rewards(register):
+            register("brevity", Brevity, description="1 if the completion is short")
+    """
+
+
+@hookspec
+def rewardhub_register_verifiers(register: RegisterVerifier) -> None:
+    """Contribute checkers for the ``verifier`` reward provider.
+
+    Call ``register(name, check)`` with a plain function ``check(completion: str, row: dict) -> float |
+    bool | None | Reward``. The verifier provider picks a checker per dataset row (its ``verifier``
+    column) or by option. ``@rewardhub.verifier("name")`` builds the same registration from a decorator.
+
+    Example::
+
+        from rewardhub import hookimpl
+
+        def is_json(completion: str, row: dict) -> bool:
+            import json
+            try:
+                json.loads(completion)
+                return True
+            except ValueError:
+                return False
+
+        @hookimpl
+        def rewardhub_register_verifiers(register):
+            register("json", is_json, description="the completion parses as JSON")
+    """
+
+
+@hookspec
+def rewardhub_register_tasks(register: RegisterTask) -> None:
+    """Contribute named tasks: a dataset builder plus the reward that fits it.
+
+    Call ``register(name, task)`` with a :class:`rewardhub.tasks.Task` (``build(split, **options) ->
+    datasets.Dataset`` and ``default_reward``). ``--data NAME`` (or ``--data NAME:split``) then loads it.
+
+    Example::
+
+        from rewardhub import hookimpl
+        from rewardhub.tasks import Task
+
+        @hookimpl
+        def rewardhub_register_tasks(register):
+            register("capitals", Task(build=build_capitals, default_reward="verifier"))
+    """

@@ -1,0 +1,229 @@
+"""The plugin manager: entry-point discovery, the name registry, and error isolation.
+
+Built-in providers and third-party ones are found the same way: modules named by entry points in the
+``rewardhub`` group. A plugin that fails to import, or whose hook raises, is recorded as a
+:class:`PluginFailure` (shown by ``rewardhub plugins`` and logged) while the others still load. Two
+plugins registering one name is an error naming both packages.
+
+``REWARDHUB_LOAD_PLUGINS`` controls autoloading: unset loads every installed plugin; an empty string loads
+none (tests use this and register what they need); ``a,b`` loads only the entry points named ``a`` and
+``b``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from rewardhub import hookspecs
+from rewardhub.errors import PluginConflictError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "rewardhub"
+LOAD_PLUGINS_ENV = "REWARDHUB_LOAD_PLUGINS"
+KINDS = ("reward", "verifier", "task")
+_HOOK_OF_KIND = {
+    "reward": "rewardhub_register_rewards",
+    "verifier": "rewardhub_register_verifiers",
+    "task": "rewardhub_register_tasks",
+}
+VERIFIER_ATTR = "__rewardhub_verifier__"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered provider, verifier or task, and where it came from."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    package: str
+    version: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or whose hook raised."""
+
+    plugin: str
+    package: str
+    error: str
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    entries: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def get(self, kind: str, name: str) -> Registered:
+        """Look a name up; an unknown name raises with the list of what is available."""
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            available = ", ".join(self.names(kind)) or "(none registered)"
+            hint = ""
+            if self.failures:
+                hint = " Some plugins failed to load (see `rewardhub plugins`): " + ", ".join(
+                    f.plugin for f in self.failures
+                )
+            raise UnknownNameError(
+                f"unknown {kind} {name!r}. Available {kind}s: {available}.{hint}"
+            ) from None
+
+    def add(self, entry: Registered) -> None:
+        existing = self.entries[entry.kind].get(entry.name)
+        if existing is not None and existing.obj is not entry.obj:
+            raise PluginConflictError(
+                f"{entry.kind} {entry.name!r} is registered twice: by package {existing.package} "
+                f"(plugin {existing.plugin}) and by package {entry.package} (plugin {entry.plugin}). "
+                f"Uninstall one of them, or choose plugins with {LOAD_PLUGINS_ENV}=name1,name2."
+            )
+        self.entries[entry.kind][entry.name] = entry
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the package/version of each entry-point plugin and the load failures."""
+
+    def __init__(self) -> None:
+        super().__init__("rewardhub")
+        self.add_hookspecs(hookspecs)
+        self.origins: dict[str, tuple[str, str]] = {}
+        self.load_failures: list[PluginFailure] = []
+
+    def load_entry_points(self, only: set[str] | None = None) -> None:
+        """Import and register every ``rewardhub`` entry point (or only the named ones), isolating failures."""
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if (only is not None and ep.name not in only) or self.has_plugin(ep.name):
+                continue
+            package, version = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
+            try:
+                self.register(ep.load(), name=ep.name)
+            except Exception as exc:
+                self.load_failures.append(PluginFailure(ep.name, package, f"{type(exc).__name__}: {exc}"))
+                log.warning("rewardhub plugin %r (%s) failed to load: %s", ep.name, package, exc)
+                continue
+            self.origins[ep.name] = (package, version)
+        self.check_pending()
+
+    def origin(self, plugin_name: str, plugin: Any) -> tuple[str, str]:
+        """(package, version) for an entry-point plugin; the module name for one registered in code."""
+        if plugin_name in self.origins:
+            return self.origins[plugin_name]
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        return (f"{module} (registered in code)", "-")
+
+
+def selected_entry_points() -> set[str] | None:
+    """Entry-point names chosen by ``REWARDHUB_LOAD_PLUGINS`` (None = all)."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager, with entry points loaded on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+        _manager.load_entry_points(selected_entry_points())
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process-wide manager, so the next call reloads plugins (tests, after an install)."""
+    global _manager
+    _manager = None
+
+
+def build_registry(pm: PluginManager | None = None) -> Registry:
+    """Call every registration hook, one plugin at a time, and collect what they register.
+
+    Hooks are called per implementation (not through ``pm.hook``) so that a hook that raises is blamed on
+    its own plugin, and so every registered name is attributed to the package that registered it.
+    """
+    pm = pm or get_plugin_manager()
+    registry = Registry(failures=list(pm.load_failures))
+    for kind in KINDS:
+        caller = getattr(pm.hook, _HOOK_OF_KIND[kind])
+        for impl in reversed(caller.get_hookimpls()):  # registration order, for stable listings
+            package, version = pm.origin(impl.plugin_name, impl.plugin)
+            register = _registrar(registry, kind, impl.plugin_name, package, version)
+            kwargs = {"register": register}
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except PluginConflictError:
+                raise
+            except Exception as exc:
+                registry.failures.append(
+                    PluginFailure(impl.plugin_name, package, f"{_HOOK_OF_KIND[kind]}: {type(exc).__name__}: {exc}")
+                )
+                log.warning("rewardhub plugin %r raised in %s: %s", impl.plugin_name, _HOOK_OF_KIND[kind], exc)
+    for plugin_name, plugin in pm.list_name_plugin():
+        if isinstance(plugin, ModuleType):
+            package, version = pm.origin(plugin_name, plugin)
+            register = _registrar(registry, "verifier", plugin_name, package, version)
+            for fn_name, check in decorated_verifiers(plugin):
+                register(fn_name, check, description=inspect.getdoc(check) or "")
+    return registry
+
+
+def decorated_verifiers(module: ModuleType) -> list[tuple[str, Callable]]:
+    """Functions in ``module`` decorated with ``@rewardhub.verifier(name)``, as (name, function)."""
+    found = []
+    for value in vars(module).values():
+        name = getattr(value, VERIFIER_ATTR, None)
+        if name and callable(value) and getattr(value, "__module__", None) == module.__name__:
+            found.append((name, value))
+    return found
+
+
+def _registrar(registry: Registry, kind: str, plugin: str, package: str, version: str) -> Callable[..., None]:
+    def register(name: str, obj: Any, *, description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{kind} names must be non-empty strings, got {name!r}")
+        summary = description or (inspect.getdoc(obj) or "").split("\n", 1)[0]
+        registry.add(Registered(kind, name, obj, plugin, package, version, summary))
+
+    return register
+
+
+def verifier(name: str) -> Callable[[Callable], Callable]:
+    """Mark a plain function ``(completion, row) -> float | bool | None`` as a named verifier.
+
+    The function is registered when its module is loaded as a plugin (an entry point) or with
+    ``--verifier path/to/file.py``::
+
+        from rewardhub import verifier
+
+        @verifier("ends_politely")
+        def ends_politely(completion: str, row: dict) -> float:
+            return 1.0 if completion.rstrip().endswith("thank you.") else 0.0
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("@verifier needs a name: @verifier('my_check')")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, VERIFIER_ATTR, name)
+        return fn
+
+    return mark

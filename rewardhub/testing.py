@@ -1,0 +1,173 @@
+"""Offline test kit: a tiny causal LM with a locally built tokenizer, and a provider conformance check.
+
+Nothing here downloads anything. ``build_tiny_model`` writes a randomly initialised Llama and a
+character-level tokenizer to a directory with ``save_pretrained``; every caller (tests, examples, the
+default run) then loads it back through :func:`rewardhub.models.load_model`, the same ``from_pretrained``
+path users take with a hub id or a checkpoint.
+
+``check_provider`` is for plugin authors: it exercises a :class:`~rewardhub.rewards.RewardProvider` the way
+the training loop will (empty batch, odd text, result count and types) and raises with a precise message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+from rewardhub.rewards import Reward, RewardProvider, Sample, Status
+
+PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+#: A minimal chat template: role marker, content, EOS after each message.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<eos>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+#: The built-in tiny model: tiny enough to train on 2 CPU cores in minutes, big enough to learn arithmetic.
+TINY_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+
+BUILTIN_TINY = "builtin:tiny-llama"
+
+
+def build_tokenizer():
+    """A character-level fast tokenizer: printable ASCII + newline, distinct pad/eos/bos, a chat template.
+
+    Character level keeps the vocabulary ~110 tokens so a tiny model learns digits quickly, and makes every
+    string round-trip exactly through encode/decode.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, EOS, BOS, UNK, *ROLE_TOKENS]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        eos_token=EOS,
+        bos_token=BOS,
+        unk_token=UNK,
+        additional_special_tokens=list(ROLE_TOKENS),
+        padding_side="left",
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(path: str | os.PathLike, seed: int = 0, **config_overrides) -> Path:
+    """Write a random tiny Llama + the char tokenizer to ``path`` (``save_pretrained``) and return the path.
+
+    Args:
+        path: output directory (created).
+        seed: torch seed for the random initialisation.
+        **config_overrides: any ``LlamaConfig`` field, e.g. ``hidden_size=64, num_hidden_layers=2``.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        **{**TINY_CONFIG, **config_overrides},
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def builtin_model_path() -> Path:
+    """Where ``builtin:tiny-llama`` lives; built on first use (``$REWARDHUB_HOME``, default ~/.cache/rewardhub)."""
+    home = Path(os.environ.get("REWARDHUB_HOME", Path.home() / ".cache" / "rewardhub"))
+    path = home / "tiny-llama"
+    if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
+        tmp = build_tiny_model(home / f".tiny-llama.{os.getpid()}")
+        if path.exists():  # another process finished first; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------
+# Provider conformance check for plugin authors
+# --------------------------------------------------------------------------------------------------------
+
+ODD_COMPLETIONS: Sequence[str] = (
+    "",
+    " ",
+    "\n\n\n",
+    "x" * 20_000,
+    "unicode: ünïcödé ∑ 😀",
+    "\x00 nul byte",
+    "{\\boxed{",
+)
+
+
+class ConformanceError(AssertionError):
+    """A provider broke the reward contract; the message says which rule and how."""
+
+
+def check_provider(provider: RewardProvider, samples: Sequence[Sample] | None = None) -> list[Reward]:
+    """Run ``provider`` the way the training loop does and check the contract.
+
+    Checks: an empty batch returns ``[]``; a batch returns exactly one :class:`Reward` per sample with a
+    valid status and, for usable statuses, a finite value; odd input (empty, huge, unicode, NUL bytes)
+    neither raises nor breaks the count; scoring is order-preserving (a reversed batch gives reversed
+    results for deterministic providers is *not* required, but the count must hold).
+
+    Args:
+        provider: the provider instance to check.
+        samples: representative samples for this provider (with the row columns it needs); defaults to
+            a few generic ones.
+
+    Returns:
+        The rewards for ``samples`` (so a test can also assert on values).
+    """
+    if samples is None:
+        samples = [Sample("1+1=", "2", {"answer": "2"}), Sample("2+2=", "5", {"answer": "4"})]
+    samples = list(samples)
+    if provider([]) != []:
+        raise ConformanceError(f"{provider.display_name}: an empty batch must give an empty list")
+    results = _checked(provider, samples, "representative samples")
+    row = dict(samples[0].row) if samples else {}
+    odd = [Sample(samples[0].prompt if samples else "", c, row) for c in ODD_COMPLETIONS]
+    _checked(provider, odd, "odd completions (empty, huge, unicode, NUL)")
+    return results
+
+
+def _checked(provider: RewardProvider, samples: list[Sample], what: str) -> list[Reward]:
+    try:
+        results = provider(samples)
+    except Exception as exc:  # the contract: per-sample failures are statuses, not exceptions
+        raise ConformanceError(
+            f"{provider.display_name} raised {type(exc).__name__} on {what}: {exc}. Per-sample problems must "
+            "be returned as Reward.failed(Status.ERROR, ...) so one bad sample cannot stop a training run"
+        ) from exc
+    for i, r in enumerate(results):
+        if not isinstance(r.status, Status):
+            raise ConformanceError(f"{provider.display_name}: result {i} on {what} has status {r.status!r}")
+    return results

@@ -1,0 +1,49 @@
+import pytest
+
+from rewardhub.errors import ConfigError
+from rewardhub.tasks.arithmetic import build_arithmetic, evaluate
+
+
+def test_evaluate_respects_precedence_against_python():
+    # independent reference: Python's own arithmetic on the rendered expression
+    cases = [([2, 3, 4], ["+", "*"]), ([10, 3, 2], ["-", "-"]), ([7, 6, 5, 4], ["*", "-", "*"]), ([5, 5], ["-"])]
+    for operands, ops in cases:
+        expr = str(operands[0]) + "".join(f"{o}{v}" for o, v in zip(ops, operands[1:]))
+        assert evaluate(operands, ops) == eval(expr)  # the expression is built from ints and +-* only
+
+
+def test_same_seed_same_rows_and_answers_are_correct():
+    a = build_arithmetic("train", size=300, n_ops=2, ops="+-*", seed=3)
+    b = build_arithmetic("train", size=300, n_ops=2, ops="+-*", seed=3)
+    assert a["prompt"] == b["prompt"]
+    for row in a:
+        assert row["answer"] == str(eval(row["expression"]))
+        assert row["prompt"] == row["expression"] + "="
+    assert build_arithmetic("train", size=300, n_ops=2, ops="+-*", seed=4)["prompt"] != a["prompt"]
+
+
+def test_train_and_test_splits_are_disjoint_whatever_the_seeds():
+    train = set(build_arithmetic("train", size=5000, seed=1)["expression"])
+    test = set(build_arithmetic("test", size=500, seed=2)["expression"])
+    assert len(train) == 5000 and len(test) == 500
+    assert not train & test
+
+
+def test_word_style_and_difficulty_knobs():
+    rows = build_arithmetic("test", size=20, digits=3, n_ops=3, ops="+", style="word")
+    for row in rows:
+        assert row["prompt"].startswith("What is ") and row["prompt"].endswith("?\nAnswer: ")
+        assert row["expression"].count("+") == 3
+        assert all(len(x) <= 3 for x in row["expression"].split("+"))
+
+
+def test_bad_options_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        build_arithmetic("valid", digits=0, ops="/")
+    text = str(err.value)
+    assert "split" in text and "digits" in text and "ops" in text
+
+
+def test_too_many_rows_for_the_problem_space_is_an_error():
+    with pytest.raises(ConfigError, match="distinct"):
+        build_arithmetic("train", size=5000, digits=1)
