@@ -125,14 +125,18 @@ def detect_format(columns: Sequence[str]) -> str:
     )
 
 
-def require_columns(ds, needed: Sequence[str], purpose: str) -> None:
-    """Fail with the first row that lacks (or has an empty) needed column, naming the row and its columns."""
+def require_columns(ds, needed: Sequence[str], purpose: str, non_empty: bool = False) -> None:
+    """Fail with the first row that lacks a needed column (or, with ``non_empty``, has it empty).
+
+    The message names the row index and the columns that row does have.
+    """
     absent = [c for c in needed if c not in ds.column_names]
     if absent:
         raise DataError(f"{purpose} needs columns {list(needed)}; the data has {ds.column_names} "
                         f"(missing {absent}). Rename with --column-map src=dst.")
     for i, row in enumerate(ds.select_columns(list(needed))):
-        empty = [c for c in needed if row[c] is None or (isinstance(row[c], (str, list)) and len(row[c]) == 0)]
+        empty = [c for c in needed
+                 if row[c] is None or (non_empty and isinstance(row[c], (str, list)) and len(row[c]) == 0)]
         if empty:
             present = [k for k, v in ds[i].items() if v is not None]
             raise DataError(f"row {i} lacks {empty} needed for {purpose}; that row has columns {present}")

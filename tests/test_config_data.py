@@ -86,11 +86,14 @@ def test_directories_tasks_and_column_map(tmp_path):
 
 def test_missing_column_names_the_row_and_its_columns(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n{"prompt": "d", "completion": ""}\n')
     rows = load_rows(str(path))
     with pytest.raises(DataError) as err:
         require_columns(rows, ["prompt", "completion"], "SFT")
     assert "row 1" in str(err.value) and "['completion']" in str(err.value) and "['prompt']" in str(err.value)
+    require_columns(rows.select([0, 2]), ["completion"], "score")  # an empty completion is still a completion
+    with pytest.raises(DataError, match="row 1 lacks"):
+        require_columns(rows.select([0, 2]), ["completion"], "SFT", non_empty=True)
     with pytest.raises(DataError, match="missing \\['chosen'\\]"):
         require_columns(rows, ["prompt", "chosen"], "DPO")
     with pytest.raises(DataError, match="cannot tell the data format"):
