@@ -11,6 +11,7 @@ position needs no extra state: step ``s`` always reads the same rows.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from rewardhub.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # accelerate warns on every checkpoint of a model with tied embeddings ("Removed shared tensor ... This
@@ -37,6 +40,8 @@ def make_accelerator(cfg: Any):
     if getattr(cfg, "threads", 0):
         torch.set_num_threads(cfg.threads)
     log_with = None if cfg.report_to == "none" else cfg.report_to
+    if log_with and importlib.util.find_spec(log_with) is None:
+        raise ConfigError(f"report_to={log_with} needs the {log_with} package: pip install {log_with}")
     accelerator = Accelerator(log_with=log_with, project_dir=cfg.out)
     set_seed(cfg.seed)
     return accelerator

@@ -76,6 +76,8 @@ def test_sft_on_a_conversational_file(tiny_model_path, tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"{i}+1?"}, {"role": "assistant", "content": str(i + 1)}]}
             for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    final = train_sft(cfg(tiny_model_path, tmp_path / "out", data=str(path), data_args={}, max_steps=3))
+    final = train_sft(cfg(tiny_model_path, tmp_path / "out", data=str(path), data_args={}, max_steps=3,
+                          report_to="tensorboard"))
     assert "accuracy" not in final  # no answer column and no held-out set: nothing to measure
     assert (tmp_path / "out" / "model" / "config.json").exists()
+    assert list((tmp_path / "out").rglob("events.out.tfevents.*")), "tensorboard tracker wrote no events"
