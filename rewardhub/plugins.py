@@ -13,11 +13,14 @@ none (tests use this and register what they need); ``a,b`` loads only the entry 
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -125,6 +128,8 @@ class PluginManager(pluggy.PluginManager):
         """(package, version) for an entry-point plugin; the module name for one registered in code."""
         if plugin_name in self.origins:
             return self.origins[plugin_name]
+        if plugin_name.startswith("file:"):
+            return (plugin_name[len("file:"):], "-")
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
         return (f"{module} (registered in code)", "-")
 
@@ -205,6 +210,34 @@ def _registrar(registry: Registry, kind: str, plugin: str, package: str, version
         registry.add(Registered(kind, name, obj, plugin, package, version, summary))
 
     return register
+
+
+def load_python_file(file: str | Path) -> Any:
+    """Import a ``.py`` file as a module (used by ``--verifier file.py`` and ``file.py:attr`` specs)."""
+    path = Path(file)
+    if not path.is_file():
+        raise UnknownNameError(f"python file {str(path)!r} does not exist")
+    module_name = f"rewardhub_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise UnknownNameError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def register_verifier_file(path: str | Path, pm: PluginManager | None = None) -> None:
+    """``--verifier file.py``: import the file and register it as a plugin, so its ``@verifier`` functions
+    (and any hooks it implements) are found exactly like an installed plugin's."""
+    pm = pm or get_plugin_manager()
+    name = f"file:{Path(path).resolve()}"
+    if not pm.has_plugin(name):
+        pm.register(load_python_file(path), name=name)
 
 
 def verifier(name: str) -> Callable[[Callable], Callable]:

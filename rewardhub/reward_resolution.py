@@ -11,7 +11,6 @@ loaded, with the list of what is available.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import statistics
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 from rewardhub.errors import ConfigError, UnknownNameError
 from rewardhub.options import bind_options
-from rewardhub.plugins import Registry, build_registry
+from rewardhub.plugins import Registry, build_registry, load_python_file
 from rewardhub.rewards import FAILURE_STATUSES, Reward, RewardProvider, Sample, Status, as_reward
 
 
@@ -84,25 +83,6 @@ def import_object(path: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise UnknownNameError(f"module {module_name!r} has no attribute {attr!r}") from None
-
-
-def load_python_file(file: str | Path) -> Any:
-    """Import a ``.py`` file as a module (used by ``--verifier file.py`` and ``file.py:attr`` specs)."""
-    path = Path(file)
-    if not path.is_file():
-        raise UnknownNameError(f"python file {str(path)!r} does not exist")
-    module_name = f"rewardhub_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise UnknownNameError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
-    return module
 
 
 def check_reward_spec(spec: str, registry: Registry | None = None) -> list[RewardTerm]:

@@ -11,6 +11,7 @@ the training loop will (empty batch, odd text, result count and types) and raise
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import string
@@ -28,11 +29,12 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-#: The built-in tiny model: tiny enough to train on 2 CPU cores in minutes, big enough to learn arithmetic.
+#: The built-in tiny model (~0.3M parameters): it trains on 2 CPU cores in minutes and learns 2-digit
+#: arithmetic; measured, 2 wide layers learned it in fewer steps *and* less time than 4 layers.
 TINY_CONFIG = dict(
     hidden_size=128,
-    intermediate_size=512,
-    num_hidden_layers=4,
+    intermediate_size=256,
+    num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=4,
     max_position_embeddings=256,
@@ -102,9 +104,11 @@ def build_tiny_model(path: str | os.PathLike, seed: int = 0, **config_overrides)
 def builtin_model_path() -> Path:
     """Where ``builtin:tiny-llama`` lives; built on first use (``$REWARDHUB_HOME``, default ~/.cache/rewardhub)."""
     home = Path(os.environ.get("REWARDHUB_HOME", Path.home() / ".cache" / "rewardhub"))
-    path = home / "tiny-llama"
+    # The directory name carries a digest of the config, so changing TINY_CONFIG never reuses a stale model.
+    digest = hashlib.sha1(repr(sorted(TINY_CONFIG.items())).encode()).hexdigest()[:8]
+    path = home / f"tiny-llama-{digest}"
     if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
-        tmp = build_tiny_model(home / f".tiny-llama.{os.getpid()}")
+        tmp = build_tiny_model(home / f".{path.name}.{os.getpid()}")
         if path.exists():  # another process finished first; keep its copy
             shutil.rmtree(tmp)
         else:

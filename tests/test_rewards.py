@@ -3,7 +3,6 @@
 import math
 
 import pytest
-from rewardhub_basic import ExactMatch, Length
 
 from rewardhub import Reward, RewardProvider, Sample, Status
 from rewardhub.errors import ConfigError, RewardProviderError, UnknownNameError
@@ -17,6 +16,7 @@ from rewardhub.reward_resolution import (
 )
 from rewardhub.rewards import as_reward
 from rewardhub.testing import ConformanceError, check_provider
+from rewardhub_basic import ExactMatch, Length
 
 
 class Fixed(RewardProvider):

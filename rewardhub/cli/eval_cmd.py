@@ -15,6 +15,8 @@ def add_parser(sub):
                        "reward provider, and print accuracy (for verifiers) and mean reward.")
     p.add_argument("--reward", required=True, help="provider name, weighted mix, or module:attr")
     p.add_argument("--reward-arg", action="append", default=[], metavar="KEY=VALUE", help="provider option")
+    p.add_argument("--verifier", action="append", default=[], metavar="FILE",
+                   help="python file whose @rewardhub.verifier functions to register (repeatable)")
     p.add_argument("--model", default=BUILTIN_TINY, help=f"model path or id (default: {BUILTIN_TINY})")
     p.add_argument("--data", default="arithmetic:test", help="prompts: task, file, directory or hub id "
                    "(default: arithmetic:test)")
@@ -33,8 +35,11 @@ def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
     from rewardhub.evaluation import generate_completions, score_rows
     from rewardhub.models import load_model_and_tokenizer
+    from rewardhub.plugins import register_verifier_file
     from rewardhub.reward_resolution import build_reward, check_reward_spec, summarize
 
+    for file in args.verifier:
+        register_verifier_file(file)
     check_reward_spec(args.reward)
     rows = load_rows(args.data, "test", parse_key_values(args.data_arg, "--data-arg") or None,
                      parse_key_values(args.column_map, "--column-map"))

@@ -14,6 +14,8 @@ def add_parser(sub):
                        "provider; write every row's reward, status and detail to a JSONL file and print a summary.")
     p.add_argument("--reward", required=True, help="provider name, weighted mix, or module:attr")
     p.add_argument("--reward-arg", action="append", default=[], metavar="KEY=VALUE", help="provider option")
+    p.add_argument("--verifier", action="append", default=[], metavar="FILE",
+                   help="python file whose @rewardhub.verifier functions to register (repeatable)")
     p.add_argument("--data", required=True, help="file, directory, task or hub id with a `completion` column")
     p.add_argument("--split", default="train", help="split to score when the data has several (default: train)")
     p.add_argument("--column-map", action="append", default=[], metavar="SRC=DST", help="rename columns")
@@ -25,9 +27,12 @@ def add_parser(sub):
 
 def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
+    from rewardhub.plugins import register_verifier_file
     from rewardhub.reward_resolution import build_reward, check_reward_spec, summarize
     from rewardhub.rewards import Sample
 
+    for file in args.verifier:
+        register_verifier_file(file)
     check_reward_spec(args.reward)
     rows = load_rows(args.data, args.split, None, parse_key_values(args.column_map, "--column-map"))
     require_columns(rows, ["completion"], "score")
