@@ -73,6 +73,7 @@ class TrainArgs:
 class SFTConfig(ModelArgs, DataArgs, TrainArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
 
+    batch_size: int = opt(128, "sequences per micro-batch per device")
     completion_only_loss: bool = opt(True, "put the loss on completion tokens only (not the prompt)")
     eval_max_new_tokens: int = opt(16, "tokens generated per prompt when measuring held-out accuracy")
 
@@ -123,6 +124,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = flag_of(f)
         if annotation is dict:
             parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS, help=help_text)
+        elif annotation is list:
+            parser.add_argument(flag, dest=f.name, action="append", metavar=f.name.upper().rstrip("S"),
                                 default=argparse.SUPPRESS, help=help_text)
         elif annotation is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -197,6 +201,8 @@ class RewardArgs:
                       "module:attr / file.py:attr")
     reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
                             flag="--reward-arg")
+    verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
+                               flag="--verifier")
 
 
 @dataclass
@@ -209,5 +215,200 @@ class TrainConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
         problems = validate_train_args(self)
         if self.algo not in ALGOS:
             problems.append(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if problems:
+            raise ConfigError(problems)
+
+
+RL_ALGOS = ("ppo", "grpo", "rloo")
+CRITICS = ("policy-head", "separate")
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """On-policy RL against a reward provider: PPO (value head, GAE), GRPO or RLOO (critic-free).
+
+    One step = ``batch_size`` prompts, each sampled ``num_generations`` times, scored once by the provider,
+    then ``ppo_epochs`` passes of minibatch updates over that rollout.
+    """
+
+    batch_size: int = opt(8, "prompts per step per device (each sampled num_generations times)")
+    num_generations: int = opt(0, "completions per prompt, laid out as consecutive groups "
+                               "(0: auto = 1 for ppo, 4 for grpo/rloo; grpo/rloo need >= 2)")
+    max_new_tokens: int = opt(32, "longest completion sampled, in tokens")
+    temperature: float = opt(1.0, "sampling temperature (> 0); log-probs are computed from logits / temperature")
+    top_p: float = opt(1.0, "nucleus sampling mass in (0, 1] (1 disables it)")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 disables it)")
+    minibatch_size: int = opt(0, "sequences per optimizer step within a rollout (0: the whole rollout)")
+    ppo_epochs: int = opt(1, "passes over each rollout (PPO/GRPO iterations per batch)")
+    clip_eps: float = opt(0.2, "PPO policy clip range (ratio kept in [1 - eps, 1 + eps_high])")
+    clip_eps_high: float | None = opt(None, "upper clip range (DAPO clip-higher); none: same as clip_eps")
+    target_kl: float | None = opt(None, "stop the epoch loop of a step once the approximate KL between the "
+                                  "updated and the rollout policy exceeds this (none: never)")
+    critic: str = opt("policy-head", "ppo value function: policy-head (Linear on the policy's last hidden "
+                      "state, zero-initialised) or separate (a second copy of the model as critic trunk)")
+    vf_coef: float = opt(0.1, "weight of the value loss (ppo)")
+    clip_value: float | None = opt(0.2, "value-loss clip range around the rollout-time values (none: unclipped)")
+    gamma: float = opt(1.0, "GAE discount (1: no discount within a response, InstructGPT/ReFT)")
+    lam: float = opt(0.95, "GAE lambda (0.95: InstructGPT/ReFT/TRL; 1: OpenRLHF/verl)")
+    whiten_rewards: bool = opt(False, "rescale rewards to unit variance over the batch, mean kept (ppo: "
+                               "per-token rewards as in TRL; grpo/rloo: sequence rewards)")
+    whiten_advantages: bool = opt(True, "whiten ppo advantages over the batch (grpo/rloo advantages are "
+                                  "already group-relative)")
+    scale_rewards: bool = opt(True, "grpo: divide by the group std (false: Dr. GRPO, mean-centred only)")
+    kl_coef: float = opt(0.05, "beta: weight of the KL-to-reference penalty in the reward (initial value "
+                         "when adaptive_kl)")
+    kl_estimator: str = opt("k1", "per-token KL estimator in the reward: k1 (log ratio) or k3 (non-negative)")
+    kl_in_reward: bool = opt(True, "subtract beta * KL from the reward (false: no KL in the reward)")
+    kl_loss_coef: float = opt(0.0, "weight of a k3 KL-to-reference term in the loss (GRPO/DeepSeekMath style)")
+    adaptive_kl: bool = opt(False, "adapt beta toward kl_target (Ziegler et al.) instead of keeping it fixed")
+    kl_target: float = opt(6.0, "adaptive KL: target KL per sequence, in nats")
+    kl_horizon: float = opt(10000.0, "adaptive KL: horizon in samples")
+    missing_eos_penalty: float | None = opt(None, "subtracted from the score of completions that never emit "
+                                            "EOS (TRL semantics; none: no penalty)")
+    max_failure_rate: float = opt(0.5, "stop the run when the share of samples whose reward failed "
+                                  "(timeout/error/pending) in one step exceeds this")
+    completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
+    lr: float = opt(1e-5, "peak learning rate (AdamW)")
+
+    @property
+    def generations(self) -> int:
+        """``num_generations`` with ``0`` resolved per algorithm."""
+        return self.num_generations or (1 if self.algo == "ppo" else 4)
+
+    def validate(self) -> None:
+        problems = validate_train_args(self)
+        if self.algo not in ALGOS:
+            problems.append(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        problems += _rl_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+
+def _rl_problems(cfg: RLConfig) -> list[str]:
+    p = []
+    for name in ("max_new_tokens", "ppo_epochs"):
+        if getattr(cfg, name) < 1:
+            p.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("num_generations", "minibatch_size", "top_k", "completions_every", "vf_coef", "kl_coef",
+                 "kl_loss_coef"):
+        if getattr(cfg, name) < 0:
+            p.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.algo in ("grpo", "rloo") and cfg.generations < 2:
+        p.append(f"--algo {cfg.algo} needs num_generations >= 2 (a group baseline), got {cfg.num_generations}")
+    if not cfg.temperature > 0:
+        p.append(f"temperature must be > 0 for RL sampling, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        p.append(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.clip_eps <= 0 or (cfg.clip_eps_high is not None and cfg.clip_eps_high <= 0):
+        p.append(f"clip_eps and clip_eps_high must be > 0, got {cfg.clip_eps} and {cfg.clip_eps_high}")
+    if cfg.clip_value is not None and cfg.clip_value <= 0:
+        p.append(f"clip_value must be > 0 or none, got {cfg.clip_value}")
+    if cfg.target_kl is not None and cfg.target_kl <= 0:
+        p.append(f"target_kl must be > 0 or none, got {cfg.target_kl}")
+    if cfg.critic not in CRITICS:
+        p.append(f"critic must be one of {', '.join(CRITICS)}, got {cfg.critic!r}")
+    if not 0 <= cfg.gamma <= 1 or not 0 <= cfg.lam <= 1:
+        p.append(f"gamma and lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
+    if cfg.kl_estimator not in ("k1", "k2", "k3"):
+        p.append(f"kl_estimator must be k1, k2 or k3, got {cfg.kl_estimator!r}")
+    if cfg.adaptive_kl and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
+        p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
+    if not 0 <= cfg.max_failure_rate <= 1:
+        p.append(f"max_failure_rate must be in [0, 1], got {cfg.max_failure_rate}")
+    if cfg.minibatch_size and cfg.minibatch_size < cfg.grad_accum:
+        p.append(f"minibatch_size ({cfg.minibatch_size}) must be >= grad_accum ({cfg.grad_accum})")
+    return p
+
+
+DPO_PAIR_SOURCES = ("auto", "dataset", "provider", "online")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+ONLINE_RANKING = ("score", "compare")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO: preference pairs from a dataset, from a provider's stored preferences, or sampled online and
+    ranked by any provider; the policy learns from them against a frozen reference (no reward model)."""
+
+    algo: str = opt("dpo", "algorithm (dpo)")
+    data: str = opt("arithmetic-preferences", "pairs (prompt/chosen/rejected columns) or, for --pairs online, "
+                    "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    pairs: str = opt("auto", "pair source: dataset (prompt/chosen/rejected columns of --data), provider (the "
+                     "reward's preference_pairs()), online (sample num_generations completions per prompt, "
+                     "rank them with the reward, best vs worst), auto (dataset when --data has chosen/rejected, "
+                     "else provider when the reward stores preferences, else online)")
+    reward: str = opt("exact-match", "reward that ranks online samples or stores pairs (--pairs online/provider)")
+    beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
+    loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSSES)} (ipo uses length-normalised log-probs)")
+    label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
+    precompute_ref: bool = opt(True, "compute reference log-probs of offline pairs once before training (no "
+                               "reference model kept in memory); false: a frozen reference scores each batch")
+    batch_size: int = opt(8, "pairs per micro-batch per device (online: prompts per micro-batch)")
+    lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    num_generations: int = opt(4, "online: completions sampled per prompt (best vs worst form one pair)")
+    rank_with: str = opt("score", "online: rank samples by score() or by pairwise compare() (round robin)")
+    max_new_tokens: int = opt(32, "online: longest completion sampled, in tokens")
+    temperature: float = opt(1.0, "online: sampling temperature (> 0)")
+    top_p: float = opt(1.0, "online: nucleus sampling mass in (0, 1]")
+    top_k: int = opt(0, "online: sample among the k most likely tokens (0 disables it)")
+    eval_max_new_tokens: int = opt(16, "online: tokens generated per held-out prompt when scoring the policy")
+
+    def validate(self) -> None:
+        problems = validate_train_args(self)
+        if self.algo != "dpo":
+            problems.append(f"DPOConfig is for algo dpo, got {self.algo!r}")
+        problems += _dpo_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+
+def _dpo_problems(cfg: DPOConfig) -> list[str]:
+    p = []
+    if cfg.pairs not in DPO_PAIR_SOURCES:
+        p.append(f"pairs must be one of {', '.join(DPO_PAIR_SOURCES)}, got {cfg.pairs!r}")
+    if cfg.loss_type not in DPO_LOSSES:
+        p.append(f"loss_type must be one of {', '.join(DPO_LOSSES)}, got {cfg.loss_type!r}")
+    if not cfg.beta > 0:
+        p.append(f"beta must be > 0, got {cfg.beta}")
+    if cfg.loss_type in ("hinge", "ipo") and cfg.label_smoothing:
+        p.append(f"label_smoothing is not defined for loss_type {cfg.loss_type}; leave it at 0")
+    elif not 0 <= cfg.label_smoothing < 0.5 and not (cfg.loss_type == "sigmoid" and cfg.label_smoothing == 0.5):
+        p.append(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.num_generations < 2:
+        p.append(f"num_generations must be >= 2 (a best and a worst sample), got {cfg.num_generations}")
+    if cfg.rank_with not in ONLINE_RANKING:
+        p.append(f"rank_with must be one of {', '.join(ONLINE_RANKING)}, got {cfg.rank_with!r}")
+    for name in ("max_new_tokens", "eval_max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            p.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.temperature > 0:
+        p.append(f"temperature must be > 0 for online sampling, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        p.append(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.top_k < 0:
+        p.append(f"top_k must be >= 0, got {cfg.top_k}")
+    return p
+
+
+@dataclass
+class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
+    """Bradley-Terry reward model: a one-output sequence classifier trained on prompt/chosen/rejected pairs."""
+
+    data: str = opt("arithmetic-preferences", "pairs with prompt/chosen/rejected columns (optional margin): a "
+                    "task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    batch_size: int = opt(32, "pairs per micro-batch per device")
+    center_coef: float = opt(0.0, "weight of the reward-centring term center_coef * mean((r_c + r_r)^2) (0: off)")
+    use_margin: bool = opt(True, "use the data's `margin` column when present: -log sigmoid(r_c - r_r - margin)")
+    calibration_data: str | None = opt(None, "pairs whose chosen+rejected scores give the mean/std stored for "
+                                       "normalisation (default: the training pairs)")
+    calibration_size: int = opt(1000, "pairs used for the calibration statistics (0: all)")
+
+    def validate(self) -> None:
+        problems = validate_train_args(self)
+        if self.center_coef < 0:
+            problems.append(f"center_coef must be >= 0, got {self.center_coef}")
+        if self.calibration_size < 0:
+            problems.append(f"calibration_size must be >= 0, got {self.calibration_size}")
         if problems:
             raise ConfigError(problems)
