@@ -114,28 +114,40 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per dataclass field; defaults are shown in --help but not injected (so YAML can win)."""
-    types = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        annotation = types[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-        flag = flag_of(f)
-        if annotation is dict:
-            parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
-                                default=argparse.SUPPRESS, help=help_text)
-        elif annotation is list:
-            parser.add_argument(flag, dest=f.name, action="append", metavar=f.name.upper().rstrip("S"),
-                                default=argparse.SUPPRESS, help=help_text)
-        elif annotation is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, metavar=type_name(annotation).upper().replace(" ", ""),
-                                default=argparse.SUPPRESS, help=help_text)
+def add_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """Add one flag per dataclass field; defaults are shown in --help but not injected (so YAML can win).
+
+    With several classes (``train``: RLConfig and DPOConfig), the union of their fields becomes flags; a field
+    shared by several is described by the first class; the chosen class later rejects flags it lacks.
+    """
+    seen: set[str] = set()
+    for cls in classes:
+        types = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            _add_field_flag(parser, f, types[f.name], note="" if cls is classes[0] else f" [{cls.__name__} only]")
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML file whose keys are these options (flags given here override it)")
+
+
+def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any, note: str = "") -> None:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    help_text = f"{f.metadata.get('help', '')} (default: {default!r}){note}"
+    flag = flag_of(f)
+    if annotation is dict:
+        parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
+                            default=argparse.SUPPRESS, help=help_text)
+    elif annotation is list:
+        parser.add_argument(flag, dest=f.name, action="append", metavar=f.name.upper().rstrip("S"),
+                            default=argparse.SUPPRESS, help=help_text)
+    elif annotation is bool:
+        parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                            default=argparse.SUPPRESS, help=help_text)
+    else:
+        parser.add_argument(flag, dest=f.name, metavar=type_name(annotation).upper().replace(" ", ""),
+                            default=argparse.SUPPRESS, help=help_text)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -2,34 +2,48 @@
 
 from __future__ import annotations
 
-from rewardhub.config import RL_ALGOS, RLConfig, add_flags, load_config
-from rewardhub.errors import RewardhubError
+from rewardhub.config import DPOConfig, RLConfig, add_flags, load_config, read_yaml
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="train with a reward provider (--algo ppo|grpo|rloo|dpo --reward=X)",
-                       description="Train a policy against a reward provider: PPO (value head, GAE), GRPO or "
-                       "RLOO. The reward is resolved (and a typo rejected) before any model is loaded.")
-    add_flags(p, RLConfig)
+    p = sub.add_parser(
+        "train", help="train with a reward provider (--algo ppo|grpo|rloo|dpo --reward=X)",
+        description="Train a policy against a reward provider: PPO (value head, GAE), GRPO or RLOO, or DPO on "
+        "preference pairs (from the data, from the provider's stored preferences, or sampled online and ranked "
+        "by the provider). The reward is resolved (and a typo rejected) before any model is loaded. With "
+        "--algo dpo the defaults are DPOConfig's: --data arithmetic-preferences, --reward exact-match, "
+        "--batch-size 8, --num-generations 4.")
+    add_flags(p, RLConfig, DPOConfig)
     return p
+
+
+def chosen_algo(args) -> str:
+    """--algo from the command line, else from the YAML config, else the default (ppo)."""
+    algo = getattr(args, "algo", None)
+    if algo is None and getattr(args, "config", None):
+        algo = read_yaml(args.config).get("algo")
+    return str(algo or RLConfig.algo)
 
 
 def run(args) -> int:
     from rewardhub.cli.common import print_summary
+    from rewardhub.plugins import register_verifier_file
     from rewardhub.reward_resolution import build_reward, check_reward_spec
 
-    cfg = load_config(RLConfig, args)
+    cfg = load_config(DPOConfig if chosen_algo(args) == "dpo" else RLConfig, args)
+    for file in cfg.verifier_files:
+        register_verifier_file(file)
     check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
     provider = build_reward(cfg.reward, cfg.reward_args)
     try:
-        if cfg.algo not in RL_ALGOS:
-            raise RewardhubError(
-                f"--algo {cfg.algo} is not available in this version yet; reward {provider.display_name} resolved "
-                f"fine. Use --algo {'|'.join(RL_ALGOS)}, or `rewardhub sft` for supervised training."
-            )
-        from rewardhub.algorithms.ppo import train_rl
+        if cfg.algo == "dpo":
+            from rewardhub.algorithms.dpo import train_dpo
 
-        final = train_rl(cfg, provider=provider)
+            final = train_dpo(cfg, provider=provider)
+        else:
+            from rewardhub.algorithms.ppo import train_rl
+
+            final = train_rl(cfg, provider=provider)
         print_summary(f"{cfg.algo} finished: {cfg.out}", final)
         return 0
     finally:

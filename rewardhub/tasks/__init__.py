@@ -29,9 +29,15 @@ class Task:
 @hookimpl
 def rewardhub_register_tasks(register):
     from rewardhub.tasks.arithmetic import build_arithmetic
+    from rewardhub.tasks.preferences import build_arithmetic_preferences
 
     register(
         "arithmetic",
         Task(build=build_arithmetic, default_reward="verifier"),
         description="seeded word/symbol arithmetic, adjustable digits and operations, gold in `answer`",
+    )
+    register(
+        "arithmetic-preferences",
+        Task(build=build_arithmetic_preferences, default_reward="reward-model"),
+        description="arithmetic prompt/chosen/rejected pairs: the correct answer beats a plausible wrong one",
     )
