@@ -17,10 +17,9 @@ import random
 import statistics
 import time
 
+from rewardhub.rewards import Status
 from rewardhub_verifier.math_answer import check_answer, quick_check
 from rewardhub_verifier.math_pool import MathCheckPool
-
-from rewardhub.rewards import Status
 
 Case = tuple[str, str, bool | None, str]  # completion, gold, expected (None: no answer), category
 

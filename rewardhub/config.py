@@ -192,8 +192,12 @@ def build_config(cls: type, values: Mapping[str, Any], source: str = "config"):
     return cfg
 
 
-def load_config(cls: type, args: argparse.Namespace):
-    """defaults < YAML ``--config`` < explicit flags -> a validated ``cls`` instance."""
+def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mapping[str, Any]] | None = None):
+    """defaults < preset of the chosen model < YAML ``--config`` < explicit flags -> a validated ``cls``.
+
+    ``presets`` maps a model name to defaults that suit it (e.g. the built-in tiny model needs a larger
+    learning rate than a 7B model); they apply only to options neither the YAML nor a flag sets.
+    """
     explicit = dict(vars(args))
     explicit.pop("command", None)
     explicit.pop("handler", None)
@@ -201,6 +205,10 @@ def load_config(cls: type, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     values = read_yaml(yaml_path) if yaml_path else {}
     values.update({k: v for k, v in explicit.items() if k in names})
+    model = values.get("model", getattr(cls, "model", None))
+    for key, value in ((presets or {}).get(model) or {}).items():
+        if key in names:
+            values.setdefault(key, value)
     return build_config(cls, values, source=str(yaml_path) if yaml_path else "flags")
 
 
@@ -281,6 +289,8 @@ class RLConfig(TrainConfig):
                                   "(timeout/error/pending) in one step exceeds this")
     completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    sft_warmup_steps: int = opt(0, "SFT steps on --data (prompt+completion rows) before RL, the ReFT warm-up; "
+                                "the policy then starts from OUT/sft-warmup/model")
 
     @property
     def generations(self) -> int:
@@ -302,7 +312,7 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         if getattr(cfg, name) < 1:
             p.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
     for name in ("num_generations", "minibatch_size", "top_k", "completions_every", "vf_coef", "kl_coef",
-                 "kl_loss_coef"):
+                 "kl_loss_coef", "sft_warmup_steps"):
         if getattr(cfg, name) < 0:
             p.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.algo in ("grpo", "rloo") and cfg.generations < 2:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+
+from rewardhub.rewards import Status
 from rewardhub_verifier.math_answer import (
     MathVerdict,
     answers_equivalent,
@@ -14,8 +16,6 @@ from rewardhub_verifier.math_answer import (
     normalize_answer,
     quick_check,
 )
-
-from rewardhub.rewards import Status
 
 # (completion, gold, expected status) -- the full pipeline: extraction + normalisation + equivalence
 CASES: list[tuple[str, str, Status]] = [

@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
-from rewardhub_verifier.math_answer import MathVerdict
-from rewardhub_verifier.math_pool import HOOK_PREFIX, MathCheckPool
 
 from rewardhub.rewards import Status
+from rewardhub_verifier.math_answer import MathVerdict
+from rewardhub_verifier.math_pool import HOOK_PREFIX, MathCheckPool
 
 TIMEOUT_S = 1.0
 

@@ -18,9 +18,9 @@ import warnings
 from collections import Counter
 
 import pytest
-from rewardhub_verifier.sandbox import CodeResult, CodeSandbox, extract_code
 
 from rewardhub.rewards import Status
+from rewardhub_verifier.sandbox import CodeResult, CodeSandbox, extract_code
 
 GOOD = "```python\ndef add(a, b):\n    return a + b\n```"
 GOOD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]

@@ -48,7 +48,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CodeResult", "CodeSandbox", "SandboxUnavailable", "extract_code"]
 
-_WORKER_SOURCE_PATH = Path(__file__).with_name("_sandbox_worker.py")
+#: the supervisor/worker script, in dependency order: shipped as the concatenation of these files' source text
+_WORKER_SOURCE_PARTS = (
+    "_sandbox_sys.py",
+    "_sandbox_sample.py",
+    "_sandbox_worker_loop.py",
+    "_sandbox_supervisor.py",
+    "_sandbox_worker.py",
+)
 NOBODY = 65534
 _SIGNAL_TIMEOUT = {signal.SIGXCPU}
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc")
@@ -119,6 +126,12 @@ def _normalize_tests(tests: str | Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------
 # launch planning
 # ------------------------------------------------------------------------------------------------------------
+
+
+def _worker_source() -> str:
+    """Source text of the supervisor/worker script (see ``_sandbox_worker.py``): its parts, concatenated."""
+    here = Path(__file__).parent
+    return "\n\n".join(here.joinpath(name).read_text() for name in _WORKER_SOURCE_PARTS)
 
 
 def _accessible_by_other(path: str) -> bool:
@@ -260,7 +273,7 @@ class CodeSandbox:
         self._tmp_roots: list[str] = []
         self._cgroup_dirs: list[str] = []  # path prefixes of the per-worker cgroups (removed on close)
         self._closed = False
-        self._worker_source = _WORKER_SOURCE_PATH.read_text()
+        self._worker_source = _worker_source()
         self._start()
 
     # -- public -----------------------------------------------------------------------------------------------
