@@ -289,6 +289,8 @@ class RLConfig(TrainConfig):
                                   "(timeout/error/pending) in one step exceeds this")
     completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    recompute_logprobs: bool = opt(False, "recompute old log-probs with a fresh forward pass instead of reusing the "
+                                   "sampler's (needed when sampling runs in another engine or precision)")
     sft_warmup_steps: int = opt(0, "SFT steps on --data (prompt+completion rows) before RL, the ReFT warm-up; "
                                 "the policy then starts from OUT/sft-warmup/model")
 

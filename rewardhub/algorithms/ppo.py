@@ -314,18 +314,27 @@ def check_failures(run: Run, rewards: list[Reward], valid: torch.Tensor, step: i
 
 @torch.no_grad()
 def rollout_forward(run: Run, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Old log-probs (+ values) and reference log-probs by fresh eval-mode passes with generation positions."""
+    """Old log-probs (+ values) and reference log-probs by fresh eval-mode passes with generation positions.
+
+    The policy pass is skipped when nothing needs it: without a value head, and unless
+    ``recompute_logprobs`` asks for it, the sampler's log-probs *are* the old log-probs (the same model, the
+    same positions, the same temperature; tested equal to a fresh pass). That saves a full forward per step.
+    """
     net, cfg = run.net, run.cfg
     temp = run.params.logprob_temperature
     ids, mask, pos, P = rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.prompt_length
     chunk = max(1, math.ceil((cfg.minibatch_size or len(rollout)) / cfg.grad_accum))
+    policy_pass = net.has_values or cfg.recompute_logprobs
     was_training = net.training
     net.eval()
     old, values, ref = [], [], []
     try:
         for s in range(0, len(rollout), chunk):
             sl = slice(s, s + chunk)
-            lp, v, _ = net(ids[sl], mask[sl], pos[sl], P, temp)
+            if policy_pass:
+                lp, v, _ = net(ids[sl], mask[sl], pos[sl], P, temp)
+            else:
+                lp, v = rollout.logprobs[sl], None
             old.append(lp)
             values.append(v)
             if run.ref == "adapter":

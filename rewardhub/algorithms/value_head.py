@@ -67,6 +67,15 @@ class ActorCritic(nn.Module):
     def has_values(self) -> bool:
         return self.value_head is not None
 
+    def _keeps_logits(self) -> bool:
+        """Whether the policy's forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
+        if not hasattr(self, "_logits_to_keep"):
+            import inspect
+
+            model = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+            self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        return self._logits_to_keep
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 completion_start: int, temperature: float = 1.0,
                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -86,9 +95,12 @@ class ActorCritic(nn.Module):
         """
         T = input_ids.shape[1] - completion_start
         want_hidden = self.value_head is not None and self.critic is None
+        # Only the T + 1 last positions' logits are needed: with a 100k+ vocabulary the prompt's logits would
+        # dominate memory. `logits_to_keep` is transformers' own switch for that.
+        extra = {"logits_to_keep": T + 1} if self._keeps_logits() else {}
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False, output_hidden_states=want_hidden)
-        logits = out.logits[:, completion_start - 1: -1, :].float()
+                          use_cache=False, output_hidden_states=want_hidden, **extra)
+        logits = out.logits[:, -(T + 1): -1, :].float()
         if temperature != 1.0:
             logits = logits / temperature
         targets = input_ids[:, completion_start:]

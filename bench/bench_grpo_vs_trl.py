@@ -1,0 +1,435 @@
+"""GRPO step time, generated tokens/s and peak RSS: rewardhub's ``train_rl`` vs TRL's ``GRPOTrainer``.
+
+The same workload goes through both frameworks, each in its own subprocess (so peak RSS is per framework):
+
+* model: a random-init Llama written once with ``rewardhub.testing.build_tiny_model`` (character tokenizer,
+  distinct pad/eos) and loaded by both with ``from_pretrained``, fp32. ``small``: hidden 256, 4 layers,
+  4 heads, intermediate 1024 (~4.2M parameters); ``large``: hidden 512, 8 layers, 8 heads, intermediate 2048
+  (~33.6M parameters).
+* data: 256 prompts ``a+b=`` (two-digit a, b); reward 1.0 when the completion contains ``a+b``, else 0.0.
+* one step = 4 prompts x 4 samples = 16 sequences, up to 16 new tokens (EOS allowed), temperature 1.0, no
+  top-k / top-p, one optimizer step per generation batch (rewardhub: batch_size=4, num_generations=4,
+  ppo_epochs=1, minibatch_size=0, grad_accum=1; TRL: per_device_train_batch_size=16, num_generations=4,
+  steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1), AdamW lr 1e-5 constant, max grad
+  norm 1.0, clip 0.2, group-std advantage scaling, beta = 0 (no reference model, no KL) in both, fp32,
+  gradient checkpointing off, logging / evaluation / checkpointing off (as far as each framework allows),
+  one torch thread (``torch.set_num_threads(1)`` and ``OMP_NUM_THREADS=1``).
+
+Measurement: a step's time is the wall time between the end of the previous step and the end of this one
+(rewardhub: the ``callbacks`` of ``train_rl``; TRL: ``TrainerCallback.on_step_end``), so it covers everything
+the loop does per step (data, generation, reward, update, bookkeeping). The first ``--warmup`` steps (and
+setup: loading, building the trainer) are dropped; the median step time of the rest is reported. Neither
+framework can force full-length completions the same way, so the generated tokens are counted per step in
+both (completion tokens up to and including the first EOS) and tokens/s is the measured steps' tokens over
+their total time. Peak RSS is the subprocess's ``VmHWM`` read right after its last step (before any final
+save). rewardhub's own per-phase timings (``time/*`` metrics) and TRL's (the same phases, timed by wrapping
+``_generate_single_turn`` and ``_calculate_rewards``) are printed as a breakdown, with generation-only
+tokens/s. ``--repeats N`` interleaves N runs per framework (load drift on a shared machine then hits both
+alike) and pools their measured steps; ``--profile DIR`` cProfiles the measured steps of each framework.
+
+    python bench/bench_grpo_vs_trl.py [--variant small|large|both] [--steps 13] [--warmup 3] [--repeats 1]
+                                      [--json out.json] [--profile DIR]
+
+TRL is needed only for this benchmark (``pip install trl``; keep the installed torch/transformers: if pip
+wants to replace them use ``pip install --no-deps trl`` and add the small missing dependencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS = {
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                  intermediate_size=1024),
+    "large": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                  intermediate_size=2048),
+}
+FRAMEWORKS = ("trl", "rewardhub")
+PROMPTS_PER_STEP, GROUP, NEW_TOKENS, LR, SEED, N_PROMPTS = 4, 4, 16, 1e-5, 0, 256
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shared pieces (used inside the workers)
+# ------------------------------------------------------------------------------------------------------------
+
+def peak_rss_mib() -> float:
+    """High-water RSS of this process (``VmHWM``; reset at exec, unlike ``ru_maxrss``), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sum_reward(prompt: str, completion: str) -> float:
+    """1.0 when the completion contains the sum the prompt ``a+b=`` asks for."""
+    a, b = prompt.rstrip("=").split("+")
+    return 1.0 if str(int(a) + int(b)) in completion else 0.0
+
+
+class StepClock:
+    """Timestamps of step ends (and the setup end), tokens per step, peak RSS after the last step."""
+
+    def __init__(self, total_steps: int, warmup: int = 0, profiler: Any = None) -> None:
+        self.total, self.warmup, self.profiler = total_steps, warmup, profiler
+        self.t_start = time.perf_counter()
+        self.t_prev: float | None = None
+        self.steps: list[dict[str, float]] = []
+        self.peak_rss_last_step = 0.0
+
+    def mark_ready(self) -> None:
+        """Setup is over: the next step's time counts from here."""
+        self.t_prev = time.perf_counter()
+        self.setup_s = self.t_prev - self.t_start
+
+    def step_end(self, tokens: float, **extra: float) -> None:
+        now = time.perf_counter()
+        self.steps.append({"time": now - (self.t_prev if self.t_prev is not None else self.t_start),
+                           "tokens": float(tokens), **extra})
+        self.t_prev = now
+        if len(self.steps) == self.total:
+            self.peak_rss_last_step = peak_rss_mib()
+        if self.profiler is not None:  # profile the measured steps only
+            if len(self.steps) == self.warmup:
+                self.profiler.enable()
+            elif len(self.steps) == self.total:
+                self.profiler.disable()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Workers: one framework per process
+# ------------------------------------------------------------------------------------------------------------
+
+def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from rewardhub.algorithms import ppo
+    from rewardhub.config import RLConfig
+    from rewardhub.rewards import Reward, RewardProvider
+
+    class SumProvider(RewardProvider):
+        def score(self, samples):
+            return [Reward(sum_reward(s.prompt, s.completion)) for s in samples]
+
+    cfg = RLConfig(
+        model=model_dir, dtype="float32", gradient_checkpointing=False, algo="grpo", data=data_file,
+        out=out_dir, seed=SEED, lr=LR, lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
+        max_steps=steps, batch_size=PROMPTS_PER_STEP, num_generations=GROUP, grad_accum=1, minibatch_size=0,
+        ppo_epochs=1, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, max_grad_norm=1.0,
+        clip_eps=0.2, scale_rewards=True, kl_coef=0.0, kl_in_reward=False, kl_loss_coef=0.0,
+        log_every=steps, eval_every=0, save_every=0, completions_every=0, resume=False, threads=1,
+        report_to="none",
+    )
+    n_seq = PROMPTS_PER_STEP * GROUP
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        # train_rl has no "setup done" hook: step 1's time includes setup, and step 1 is a warm-up step.
+        clock.step_end(metrics["completions/mean_length"] * n_seq,
+                       generation=metrics["time/generation"], scoring=metrics["time/scoring"],
+                       old_logprobs=metrics["time/forward"], update=metrics["time/update"],
+                       reward=metrics.get("reward/mean", float("nan")))
+
+    checks: dict[str, Any] = {}
+    setup = ppo.setup
+
+    def checked_setup(*a, **kw):  # record what the loop actually built (no behaviour change)
+        run = setup(*a, **kw)
+        policy = run.net.policy
+        checks.update(gradient_checkpointing=bool(policy.is_gradient_checkpointing), dtype=str(policy.dtype),
+                      ref_model=run.ref is not None, threads=torch.get_num_threads())
+        return run
+
+    ppo.setup = checked_setup
+    ppo.train_rl(cfg, callbacks=[on_step], provider=SumProvider())
+    return {"steps": clock.steps, "peak_rss_mib": clock.peak_rss_last_step, "peak_rss_end_mib": peak_rss_mib(),
+            "checks": checks}
+
+
+def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = [json.loads(line) for line in Path(data_file).read_text().splitlines()]
+    dataset = Dataset.from_list(rows)
+    tokens_per_call: list[int] = []
+    phase = {"generation": 0.0, "scoring": 0.0}
+
+    def sum_reward_func(prompts, completions, completion_ids, **kwargs):
+        tokens_per_call.append(sum(len(c) for c in completion_ids))  # up to and including EOS
+        return [sum_reward(p, c) for p, c in zip(prompts, completions)]
+
+    args = GRPOConfig(
+        output_dir=out_dir, seed=SEED, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
+        max_grad_norm=1.0, max_steps=steps, per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
+        gradient_accumulation_steps=1, steps_per_generation=1, num_generations=GROUP, num_iterations=1,
+        max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2,
+        scale_rewards="group", disable_dropout=True, logging_strategy="no", save_strategy="no",
+        eval_strategy="no", report_to="none", disable_tqdm=True, log_completions=False,
+        dataloader_num_workers=0, model_init_kwargs={"dtype": "float32"},
+    )
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.mark_ready()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end(tokens_per_call[-1] if tokens_per_call else float("nan"), **phase)
+            phase.update(generation=0.0, scoring=0.0)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left", truncation_side="left")
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=sum_reward_func, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[Clock()])
+
+    def timed(fn, name):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phase[name] += time.perf_counter() - t0
+        return wrapper
+
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, "generation")
+    trainer._calculate_rewards = timed(trainer._calculate_rewards, "scoring")
+    model = trainer.model
+    checks = {"gradient_checkpointing": bool(model.is_gradient_checkpointing), "dtype": str(model.dtype),
+              "ref_model": trainer.ref_model is not None, "threads": torch.get_num_threads()}
+    trainer.train()
+    return {"steps": clock.steps, "peak_rss_mib": clock.peak_rss_last_step, "peak_rss_end_mib": peak_rss_mib(),
+            "trl_version": trl.__version__, "checks": checks}
+
+
+def worker(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    runner = run_trl if args.worker == "trl" else run_rewardhub
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    clock = StepClock(args.steps, args.warmup, profiler)
+    with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as out:
+        result = runner(args.model_dir, args.data_file, out, args.steps, clock)
+    result["wall_s"] = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------------------
+
+def write_prompts(path: Path) -> None:
+    rng = random.Random(SEED)
+    with path.open("w") as f:
+        for _ in range(N_PROMPTS):
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+
+
+def build_model(path: Path, variant: str) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from rewardhub.testing import build_tiny_model
+
+    hf_logging.disable_progress_bar()
+    build_tiny_model(path, seed=SEED, **VARIANTS[variant])
+    cfg = json.loads((path / "config.json").read_text())
+    h, n_layers, inter, vocab = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"],
+                                 cfg["vocab_size"])
+    per_layer = 4 * h * h + 3 * h * inter + 2 * h  # q, k, v, o (no bias, MHA) + gate/up/down + two norms
+    embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
+    return n_layers * per_layer + embeddings + h
+
+
+def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Pool the measured steps (after ``warmup``) of every repeat: median step time, tokens/s, peak RSS."""
+    steps = [s for res in runs for s in res["steps"][warmup:]]
+    if not steps:
+        raise SystemExit(f"no measured steps: --steps must exceed --warmup ({warmup})")
+    total_t = sum(s["time"] for s in steps)
+    total_tok = sum(s["tokens"] for s in steps)
+    out = {"median_step_s": statistics.median(s["time"] for s in steps), "measured_steps": len(steps),
+           "repeats": len(runs), "measured_total_s": total_t, "tokens_per_step": total_tok / len(steps),
+           "tokens_per_s": total_tok / total_t,
+           "tokens_per_s_median_step": statistics.median(s["tokens"] / s["time"] for s in steps),
+           "peak_rss_mib": max(res["peak_rss_mib"] for res in runs),
+           "peak_rss_end_mib": max(res["peak_rss_end_mib"] for res in runs),
+           "wall_s": [res["wall_s"] for res in runs]}
+    for key in ("generation", "scoring", "old_logprobs", "update"):
+        if all(key in s for s in steps):
+            out[f"median_{key}_s"] = statistics.median(s[key] for s in steps)
+    if all("generation" in s for s in steps):  # generation alone: tokens over the time spent sampling them
+        out["generation_tokens_per_s"] = total_tok / sum(s["generation"] for s in steps)
+    return out
+
+
+def run_worker(framework: str, model_dir: Path, data_file: Path, args: argparse.Namespace, tmp: Path,
+               profile: Path | None) -> dict[str, Any]:
+    result = tmp / f"{framework}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "CUDA_VISIBLE_DEVICES": "",
+           "TRL_EXPERIMENTAL_SILENCE": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir),
+           "--data-file", str(data_file), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--result", str(result)]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not result.exists():
+        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-10000:])
+        raise SystemExit(f"{framework} worker failed (exit {proc.returncode})")
+    return json.loads(result.read_text())
+
+
+def print_table(variant: str, n_params: int, rows: dict[str, dict[str, Any]]) -> None:
+    r0 = rows["trl"]
+    print(f"\n== {variant}: {n_params / 1e6:.2f}M parameters, {PROMPTS_PER_STEP}x{GROUP} sequences/step, "
+          f"{NEW_TOKENS} new tokens, {r0['measured_steps']} measured steps ({r0['repeats']} run(s) each) ==")
+    head = (f"{'framework':10s} {'step ms':>9s} {'tokens/step':>11s} {'tokens/s':>9s} {'peak RSS MiB':>12s}  "
+            f"{'gen ms':>7s} {'reward ms':>9s} {'old-lp ms':>9s} {'rest ms':>8s} {'gen-only tok/s':>14s}")
+    print(head)
+    print("-" * len(head))
+    for name in FRAMEWORKS:
+        r = rows[name]
+        gen, score = r.get("median_generation_s", float("nan")), r.get("median_scoring_s", float("nan"))
+        old = r.get("median_old_logprobs_s", 0.0)
+        rest = r["median_step_s"] - gen - score - old
+        old_txt = f"{old * 1e3:9.1f}" if "median_old_logprobs_s" in r else f"{'-':>9s}"
+        print(f"{name:10s} {r['median_step_s'] * 1e3:9.1f} {r['tokens_per_step']:11.1f} {r['tokens_per_s']:9.1f} "
+              f"{r['peak_rss_mib']:12.1f}  {gen * 1e3:7.1f} {score * 1e3:9.1f} {old_txt} {rest * 1e3:8.1f} "
+              f"{r.get('generation_tokens_per_s', float('nan')):14.1f}")
+    a, b = rows["rewardhub"], rows["trl"]
+    speed = a["tokens_per_s"] / b["tokens_per_s"]
+    mem = a["peak_rss_mib"] / b["peak_rss_mib"]
+    verdict = "MET" if speed >= 2.0 and mem <= 1.0 else "NOT MET"
+    gen_speed = a.get("generation_tokens_per_s", float("nan")) / b.get("generation_tokens_per_s", float("nan"))
+    print(f"rewardhub/TRL: tokens/s {speed:.2f}x, median step time {a['median_step_s'] / b['median_step_s']:.2f}x, "
+          f"peak RSS {mem:.2f}x, generation-only tokens/s {gen_speed:.2f}x")
+    print(f"target (>= 2x tokens/s at <= TRL's peak RSS): {verdict}")
+    print("(step = wall time between consecutive step ends; gen/reward/old-lp = median time in generation, reward "
+          "scoring and rewardhub's separate old-log-prob pass; rest = step - those: loss forward/backward, "
+          "optimizer, bookkeeping; gen-only tok/s = generated tokens / time in generation)")
+
+
+def print_profile(path: Path, top: int) -> None:
+    import pstats
+
+    for key in ("cumulative", "tottime"):
+        print(f"\n--- {path.name}: top {top} by {key} (measured steps only) ---")
+        pstats.Stats(str(path)).strip_dirs().sort_stats(key).print_stats(top)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=["small", "large", "both"], default="small")
+    ap.add_argument("--steps", type=int, default=13, help="optimizer steps per framework run (default 13)")
+    ap.add_argument("--warmup", type=int, default=3, help="leading steps of each run dropped from the statistics")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per framework, interleaved (TRL, rewardhub, rewardhub, TRL, ...) so load drift on a "
+                         "shared machine hits both alike; measured steps are pooled")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="cProfile the measured steps of each framework's first run, write DIR/<variant>_<framework>"
+                         ".prof and print the top functions (timings are then inflated by the profiler)")
+    ap.add_argument("--profile-top", type=int, default=30, help="functions printed per profile listing")
+    ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--data-file", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.steps <= args.warmup:
+        ap.error(f"--steps ({args.steps}) must be larger than --warmup ({args.warmup})")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    if importlib.util.find_spec("trl") is None:
+        print("TRL is not installed; this benchmark compares against trl.GRPOTrainer. Install it with\n"
+              "    pip install trl\n(or `pip install --no-deps trl` plus its small missing dependencies, so pip "
+              "does not replace torch/transformers), then run this script again.")
+        return
+    from importlib.metadata import version
+
+    import torch
+
+    print(f"rewardhub vs TRL GRPO | trl {version('trl')}, transformers {version('transformers')}, "
+          f"torch {torch.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 1 torch thread")
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+    variants = ["small", "large"] if args.variant == "both" else [args.variant]
+    report: dict[str, Any] = {"trl_version": version("trl"), "torch_version": torch.__version__,
+                              "transformers_version": version("transformers"), "steps": args.steps,
+                              "warmup": args.warmup, "repeats": args.repeats, "profiled": args.profile is not None,
+                              "loadavg_start": load_start, "variants": {}}
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_grpo_vs_trl_") as tmp_name:
+        tmp = Path(tmp_name)
+        data_file = tmp / "prompts.jsonl"
+        write_prompts(data_file)
+        for variant in variants:
+            model_dir = tmp / f"model-{variant}"
+            n_params = build_model(model_dir, variant)
+            runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FRAMEWORKS}
+            loads = []
+            for rep in range(args.repeats):
+                for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
+                    prof = args.profile / f"{variant}_{framework}.prof" if args.profile and rep == 0 else None
+                    raw = run_worker(framework, model_dir, data_file, args, tmp, prof)
+                    runs[framework].append(raw)
+                    loads.append(os.getloadavg()[0])
+                    print(f"  {variant} {framework} run {rep + 1}: {raw['wall_s']:.1f}s, load {loads[-1]:.2f}",
+                          flush=True)
+            rows = {f: summarize(runs[f], args.warmup) for f in FRAMEWORKS}
+            for f in FRAMEWORKS:
+                rows[f]["raw_steps"] = [r["steps"] for r in runs[f]]
+                rows[f]["checks"] = runs[f][0].get("checks", {})
+                print(f"  {f} as run: {rows[f]['checks']}")
+            print_table(variant, n_params, rows)
+            if args.profile:
+                for f in FRAMEWORKS:
+                    print_profile(args.profile / f"{variant}_{f}.prof", args.profile_top)
+            report["variants"][variant] = {
+                "n_params": n_params, "config": VARIANTS[variant], "loadavg_1min_after_runs": loads, **rows,
+                "ratio_tokens_per_s": rows["rewardhub"]["tokens_per_s"] / rows["trl"]["tokens_per_s"],
+                "ratio_step_time": rows["rewardhub"]["median_step_s"] / rows["trl"]["median_step_s"],
+                "ratio_peak_rss": rows["rewardhub"]["peak_rss_mib"] / rows["trl"]["peak_rss_mib"],
+                "ratio_generation_tokens_per_s": rows["rewardhub"]["generation_tokens_per_s"]
+                / rows["trl"]["generation_tokens_per_s"],
+            }
+    load_end = os.getloadavg()
+    report["loadavg_end"] = load_end
+    print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} "
+          f"(the machine has {os.cpu_count()} CPUs; each worker uses one thread)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
