@@ -53,6 +53,7 @@ class CustomPlugin:
     @hookimpl
     def rewardhub_register_verifiers(self, register):
         register("shouts", lambda completion, row: completion.isupper())
+        register("graded", lambda completion, row: len(completion) / 10)
         register("explodes", lambda completion, row: 1 / 0)
 
 
@@ -68,6 +69,8 @@ def test_custom_verifiers_by_row_column_and_option():
         assert rewards[2].status is Status.ERROR and "ZeroDivisionError" in rewards[2].detail
         assert rewards[3].status is Status.ERROR and "unknown verifier 'nope'" in rewards[3].detail
         assert rewards[4].status is Status.ERROR and "neither 'answer' nor 'tests'" in rewards[4].detail
+        graded = provider([Sample("q", "x" * 5, {"verifier": "graded"}), Sample("q", "x" * 10, {"verifier": "graded"})])
+        assert [(r.value, r.status.value) for r in graded] == [(0.5, "wrong"), (1.0, "ok")]
         forced = VerifierReward(checker="shouts")
         assert forced([Sample("q", "YES", {"answer": "no"})])[0].value == 1.0
         with pytest.raises(UnknownNameError, match="unknown checker"):

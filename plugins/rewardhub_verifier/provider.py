@@ -158,7 +158,13 @@ class VerifierReward(RewardProvider):
         out = []
         for s in batch:
             try:
-                out.append(as_reward(fn(s.completion, dict(s.row)), f"verifier {name!r}"))
+                result = fn(s.completion, dict(s.row))
+                reward = as_reward(result, f"verifier {name!r}")
+                below_correct = reward.status is Status.OK and reward.value < self.values[Status.OK]
+                if below_correct and not isinstance(result, Reward):
+                    # a plain score below the `correct` value is a graded miss, not a correct answer
+                    reward = Reward(reward.value, Status.WRONG, reward.detail)
+                out.append(reward)
             except Exception as exc:
                 out.append(Reward.failed(Status.ERROR, f"verifier {name!r} raised {type(exc).__name__}: {exc}"))
         return out

@@ -1,0 +1,40 @@
+"""The examples run as documented (with fewer steps), and the default job runs in a quick mode."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rewardhub.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_custom_verifier_example(tmp_path):
+    out = tmp_path / "scores.jsonl"
+    code = main(["score", "--reward=verifier", "--verifier", str(ROOT / "examples/custom_verifier/checks.py"),
+                 "--data", str(ROOT / "examples/custom_verifier/completions.jsonl"), "--output", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["reward"], r["status"]) for r in rows] == [
+        (1.0, "ok"), (0.0, "wrong"), (1.0, "ok"), (0.0, "wrong"), (1.0, "ok"), (1.0, "ok")]
+
+
+def test_grpo_custom_reward_example(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples/grpo_custom_reward.py"), "--steps", "25",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("held-out reward"))
+    before, after = (float(w) for w in line.replace(",", "").split() if w.replace(".", "").isdigit())
+    assert after > before + 1.0
+
+
+def test_default_train_job_quick_mode(tmp_path, capsys):
+    out = tmp_path / "reft"
+    code = main(["train", "--reward=verifier", "--sft-warmup-steps", "20", "--max-steps", "3", "--eval-size", "8",
+                 "--out", str(out), "--threads", "1"])
+    assert code == 0
+    assert (out / "sft-warmup" / "model" / "config.json").exists()
+    text = capsys.readouterr().out
+    assert "before/accuracy" in text and "after/accuracy" in text
+    assert (out / "model" / "config.json").exists()
