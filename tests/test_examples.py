@@ -10,7 +10,7 @@ from rewardhub.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_custom_verifier_example(tmp_path):
+def test_custom_verifier_example(tmp_path, fresh_plugins):
     out = tmp_path / "scores.jsonl"
     code = main(["score", "--reward=verifier", "--verifier", str(ROOT / "examples/custom_verifier/checks.py"),
                  "--data", str(ROOT / "examples/custom_verifier/completions.jsonl"), "--output", str(out)])

@@ -79,7 +79,7 @@ def test_custom_verifiers_by_row_column_and_option():
         pm.unregister(name="custom_test")
 
 
-def test_verifier_from_a_file_through_the_cli(tmp_path, capsys):
+def test_verifier_from_a_file_through_the_cli(tmp_path, capsys, fresh_plugins):
     checks = tmp_path / "checks.py"
     checks.write_text(textwrap.dedent("""
         from rewardhub import verifier
