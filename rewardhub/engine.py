@@ -92,6 +92,18 @@ class DataOrder:
     def epoch_of(self, micro_batch: int, size: int) -> float:
         return micro_batch * size / self.n
 
+    def step_batches(self, accelerator, step: int, grad_accum: int, micro: int) -> list[list[int]]:
+        """This process's row indices for each of the ``grad_accum`` micro-batches of optimizer step ``step``.
+
+        Every process reads the same global micro-batch of ``micro * num_processes`` rows and keeps its share.
+        """
+        batches = []
+        for k in range(grad_accum):
+            global_indices = self.batch((step - 1) * grad_accum + k, micro * accelerator.num_processes)
+            with accelerator.split_between_processes(global_indices) as mine:
+                batches.append(list(mine))
+        return batches
+
 
 class Checkpointer:
     """Save and find ``out/checkpoints/step-N`` directories; keep the newest ``keep``."""
@@ -120,6 +132,15 @@ class Checkpointer:
     def load(self, path: Path) -> dict[str, Any]:
         self.accelerator.load_state(str(path))
         return json.loads((path / "trainer_state.json").read_text())
+
+    def resume(self, enabled: bool = True) -> int:
+        """Load the newest complete checkpoint (when ``enabled``) and return its step; 0 when starting fresh."""
+        latest = self.latest() if enabled else None
+        if latest is None:
+            return 0
+        step = self.load(latest)["step"]
+        log.info("resumed from %s (step %d)", latest, step)
+        return step
 
 
 class MetricsLogger:

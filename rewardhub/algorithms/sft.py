@@ -102,11 +102,7 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
     optimizer, scheduler = make_optimizer(model, cfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-    start = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        start = checkpointer.load(latest)["step"]
-        log.info("resumed from %s (step %d)", latest, start)
+    start = checkpointer.resume(cfg.resume)
     world, micro = accelerator.num_processes, cfg.batch_size
     order = DataOrder(len(examples), cfg.seed)
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"sft__{cfg.seed}__{int(time.time())}",
@@ -157,11 +153,8 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, examples, order, s
     """One optimizer step over ``grad_accum`` micro-batches; returns (summed loss, tokens, grad norm)."""
     import torch
 
-    batches = []
-    for k in range(cfg.grad_accum):
-        global_indices = order.batch((step - 1) * cfg.grad_accum + k, micro * world)
-        with accelerator.split_between_processes(global_indices) as mine:
-            batches.append(collate([examples[i] for i in mine], pad_id))
+    batches = [collate([examples[i] for i in mine], pad_id)
+               for mine in order.step_batches(accelerator, step, cfg.grad_accum, micro)]
     local_tokens = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
     total_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
     loss_sum = 0.0
