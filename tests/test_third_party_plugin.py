@@ -57,3 +57,13 @@ def test_plugin_can_be_deselected(installed):
     out = run_cli(installed, "plugins", "--json", load="basic")
     names = {p["name"] for p in json.loads(out.stdout)["plugins"]}
     assert "keyword" not in names and "length" in names
+
+
+def test_installed_custom_verifier_is_used_by_the_verifier_provider(installed, tmp_path):
+    data = tmp_path / "c.jsonl"
+    data.write_text('{"completion": "Done.", "verifier": "ends_with_period"}\n'
+                    '{"completion": "Done", "verifier": "ends_with_period"}\n')
+    out = run_cli(installed, "score", "--reward=verifier", "--data", str(data), "--output", str(tmp_path / "s.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [(r["reward"], r["status"]) for r in rows] == [(1.0, "ok"), (0.0, "wrong")]
