@@ -204,12 +204,13 @@ def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mappi
     yaml_path = explicit.pop("config", None)
     names = {f.name for f in dataclasses.fields(cls)}
     values = read_yaml(yaml_path) if yaml_path else {}
-    values.update({k: v for k, v in explicit.items() if k in names})
+    values.update(explicit)  # a flag the chosen config lacks is reported by build_config, never ignored
     model = values.get("model", getattr(cls, "model", None))
     for key, value in ((presets or {}).get(model) or {}).items():
         if key in names:
             values.setdefault(key, value)
-    return build_config(cls, values, source=str(yaml_path) if yaml_path else "flags")
+    where = f"{yaml_path} or the flags" if yaml_path else "the flags"
+    return build_config(cls, values, source=f"{where} ({cls.__name__} has no such field)")
 
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")

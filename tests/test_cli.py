@@ -80,3 +80,9 @@ def test_sft_command_trains_and_saves(tiny_model_path, tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_a_flag_that_does_not_apply_to_the_algorithm_is_an_error(capsys):
+    assert main(["train", "--algo", "dpo", "--ppo-epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "'ppo_epochs'" in err and "DPOConfig" in err
