@@ -81,3 +81,11 @@ def test_sft_on_a_conversational_file(tiny_model_path, tmp_path):
     assert "accuracy" not in final  # no answer column and no held-out set: nothing to measure
     assert (tmp_path / "out" / "model" / "config.json").exists()
     assert list((tmp_path / "out").rglob("events.out.tfevents.*")), "tensorboard tracker wrote no events"
+
+
+def test_lora_and_gradient_checkpointing_runs_save_models_that_load_back(tiny_model_path, tmp_path):
+    from rewardhub.models import load_model
+
+    train_sft(cfg(tiny_model_path, tmp_path / "lora", max_steps=2, lora_r=4, gradient_checkpointing=True))
+    model = load_model(str(tmp_path / "lora" / "model"))
+    assert model.config.hidden_size == 32
