@@ -268,6 +268,8 @@ class RLConfig(TrainConfig):
     critic: str = opt("policy-head", "ppo value function: policy-head (Linear on the policy's last hidden "
                       "state, zero-initialised) or separate (a second copy of the model as critic trunk)")
     vf_coef: float = opt(0.1, "weight of the value loss (ppo)")
+    value_lr_mult: float = opt(1.0, "learning rate of the value head = lr x this (ppo); a zero-initialised "
+                               "head at a policy-sized lr barely fits within a short run, so GAE gets no baseline")
     clip_value: float | None = opt(0.2, "value-loss clip range around the rollout-time values (none: unclipped)")
     gamma: float = opt(1.0, "GAE discount (1: no discount within a response, InstructGPT/ReFT)")
     lam: float = opt(0.95, "GAE lambda (0.95: InstructGPT/ReFT/TRL; 1: OpenRLHF/verl)")
@@ -315,7 +317,7 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         if getattr(cfg, name) < 1:
             p.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
     for name in ("num_generations", "minibatch_size", "top_k", "completions_every", "vf_coef", "kl_coef",
-                 "kl_loss_coef", "sft_warmup_steps"):
+                 "kl_loss_coef", "sft_warmup_steps", "value_lr_mult"):
         if getattr(cfg, name) < 0:
             p.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.algo in ("grpo", "rloo") and cfg.generations < 2:

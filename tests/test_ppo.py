@@ -197,6 +197,22 @@ def test_reward_failures_are_masked_counted_and_stop_the_run_past_the_threshold(
     assert (tmp_path / "down" / "checkpoints" / "step-2" / "trainer_state.json").exists()  # finished work kept
 
 
+def test_value_lr_mult_gives_the_value_head_its_own_scheduled_learning_rate(tiny_model_path, tmp_path):
+    c = cfg(tiny_model_path, tmp_path, algo="ppo", lr=1e-3, value_lr_mult=50.0, lr_scheduler="linear",
+            warmup_ratio=0.0, max_steps=4)
+    run = setup(c, Sevens(), TorchBackend())
+    head = {id(p) for p in run.net.value_head.parameters()}
+    groups = run.optimizer.param_groups
+    assert sum(p.requires_grad for p in run.net.parameters()) == sum(len(g["params"]) for g in groups)
+    (value_group,) = [g for g in groups if {id(p) for p in g["params"]} & head]
+    assert {id(p) for p in value_group["params"]} == head
+    assert value_group["lr"] == pytest.approx(5e-2) and groups[0]["lr"] == pytest.approx(1e-3)
+    run.scheduler.step()  # one schedule for all groups: the ratio is kept as the rate decays
+    assert value_group["lr"] == pytest.approx(50 * groups[0]["lr"]) and groups[0]["lr"] < 1e-3
+    with pytest.raises(ConfigError, match="value_lr_mult"):
+        RLConfig(value_lr_mult=-1.0).validate()
+
+
 def test_config_reports_every_problem_at_once():
     with pytest.raises(ConfigError) as err:
         RLConfig(algo="rloo", num_generations=1, temperature=0.0, critic="other", max_failure_rate=2.0,
