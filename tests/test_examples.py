@@ -38,3 +38,11 @@ def test_default_train_job_quick_mode(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "before/accuracy" in text and "after/accuracy" in text
     assert (out / "model" / "config.json").exists()
+
+
+def test_reft_vs_sft_example_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples/reft_vs_sft.py"), "--quick", "--budget-s", "8",
+                             "--out", str(tmp_path / "rvs")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "rvs" / "result.json").read_text())
+    assert "ReFT - SFT" in result.stdout and summary["held_out"] == 100
