@@ -278,11 +278,7 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
         if reference is not None and use_lora:
             reference.model = accelerator.unwrap_model(model)
         checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-        start = 0
-        latest = checkpointer.latest() if cfg.resume else None
-        if latest is not None:
-            start = checkpointer.load(latest)["step"]
-            log.info("resumed from %s (step %d)", latest, start)
+        start = checkpointer.resume(cfg.resume)
 
         world, micro = accelerator.num_processes, cfg.batch_size
         order = DataOrder(len(train_rows) if source == "online" else len(examples), cfg.seed)
@@ -401,12 +397,8 @@ def pairs_from_provider(provider: RewardProvider) -> list[dict[str, Any]]:
 
 def offline_batches(ctx: _Context, examples, order: DataOrder, step: int, world: int, micro: int) -> list[list]:
     """This process's micro-batches (lists of examples) for ``step``."""
-    batches = []
-    for k in range(ctx.cfg.grad_accum):
-        global_indices = order.batch((step - 1) * ctx.cfg.grad_accum + k, micro * world)
-        with ctx.accelerator.split_between_processes(global_indices) as mine:
-            batches.append([examples[i] for i in mine])
-    return batches
+    shares = order.step_batches(ctx.accelerator, step, ctx.cfg.grad_accum, micro)
+    return [[examples[i] for i in mine] for mine in shares]
 
 
 def online_round(ctx: _Context, rows, order: DataOrder, step: int, world: int, micro: int):
@@ -419,11 +411,7 @@ def online_round(ctx: _Context, rows, order: DataOrder, step: int, world: int, m
     from rewardhub.generation import SamplingParams, generate_text
 
     cfg, accelerator = ctx.cfg, ctx.accelerator
-    picked = []
-    for k in range(cfg.grad_accum):
-        global_indices = order.batch((step - 1) * cfg.grad_accum + k, micro * world)
-        with accelerator.split_between_processes(global_indices) as mine:
-            picked += list(mine)
+    picked = [i for mine in order.step_batches(accelerator, step, cfg.grad_accum, micro) for i in mine]
     prompt_rows = [rows[i] for i in picked]
     prompts = [render_prompt(r["prompt"], ctx.tokenizer) for r in prompt_rows]
     g = cfg.num_generations

@@ -210,11 +210,7 @@ def eos_ids_of(tokenizer, model) -> list[int]:
 def _train(run: Run, callbacks: Sequence[Callback]) -> dict[str, Any]:
     cfg, accelerator = run.cfg, run.accelerator
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-    start = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        start = checkpointer.load(latest)["step"]
-        log.info("resumed from %s (step %d)", latest, start)
+    start = checkpointer.resume(cfg.resume)
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"{cfg.algo}__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, cfg.algo)
     completed, window = start, []

@@ -124,11 +124,7 @@ def train_reward_model(cfg: RewardModelConfig,
     optimizer, scheduler = make_optimizer(model, cfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-    start = 0
-    latest = checkpointer.latest() if cfg.resume else None
-    if latest is not None:
-        start = checkpointer.load(latest)["step"]
-        log.info("resumed from %s (step %d)", latest, start)
+    start = checkpointer.resume(cfg.resume)
     world, micro = accelerator.num_processes, cfg.batch_size
     order = DataOrder(len(examples), cfg.seed)
     pad_id = tokenizer.pad_token_id
@@ -140,11 +136,8 @@ def train_reward_model(cfg: RewardModelConfig,
         model.train()
         window = {"t0": time.time(), "tokens": 0}
         for step in range(start + 1, cfg.max_steps + 1):
-            batches = []
-            for k in range(cfg.grad_accum):
-                global_indices = order.batch((step - 1) * cfg.grad_accum + k, micro * world)
-                with accelerator.split_between_processes(global_indices) as mine:
-                    batches.append([examples[i] for i in mine])
+            shares = order.step_batches(accelerator, step, cfg.grad_accum, micro)
+            batches = [[examples[i] for i in mine] for mine in shares]
             metrics = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg, pad_id)
             completed = step
             metrics["lr"] = scheduler.get_last_lr()[0]
