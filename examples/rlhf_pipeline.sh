@@ -27,9 +27,10 @@ rewardhub train --algo ppo --reward=reward-model --reward-arg path="$OUT/rm/mode
     --batch-size 16 --lr 1e-5 --temperature 0.7 --eval-every 50 --save-every 0 "${T[@]}"
 rewardhub eval --model "$OUT/ppo/model" "${EVAL[@]}" --output "$OUT/eval_ppo.jsonl"
 
-# Offline DPO on the same pairs (held-out preference accuracy before/after from the run).
+# Offline DPO on the same pairs with the RPO term (chosen NLL, weight 1): plain DPO lowers the chosen
+# replies' likelihood together with the rejected ones' on these one-digit-apart pairs and loses accuracy.
 rewardhub train --algo dpo --model "$OUT/sft/model" --data arithmetic-preferences --out "$OUT/dpo" \
-    --max-steps 300 --lr 1e-5 --batch-size 32 --eval-every 100 --eval-size 500 --save-every 0 "${T[@]}"
+    --max-steps 1000 --lr 3e-4 --rpo-alpha 1.0 --batch-size 32 --eval-every 500 --eval-size 500 --save-every 0 "${T[@]}"
 rewardhub eval --model "$OUT/dpo/model" "${EVAL[@]}" --output "$OUT/eval_dpo.jsonl"
 
 # Online DPO: 4 samples per prompt ranked by the verifier, best vs worst (held-out accuracy before/after).

@@ -368,6 +368,8 @@ class DPOConfig(TrainConfig):
     beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
     loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSSES)} (ipo uses length-normalised log-probs)")
     label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
+    rpo_alpha: float = opt(0.0, "weight of the chosen replies' per-token NLL added to the loss (RPO; TRL's "
+                           "rpo_alpha); keeps the chosen likelihood from falling with the rejected one")
     precompute_ref: bool = opt(True, "compute reference log-probs of offline pairs once before training (no "
                                "reference model kept in memory); false: a frozen reference scores each batch")
     batch_size: int = opt(8, "pairs per micro-batch per device (online: prompts per micro-batch)")
@@ -397,6 +399,8 @@ def _dpo_problems(cfg: DPOConfig) -> list[str]:
         p.append(f"loss_type must be one of {', '.join(DPO_LOSSES)}, got {cfg.loss_type!r}")
     if not cfg.beta > 0:
         p.append(f"beta must be > 0, got {cfg.beta}")
+    if cfg.rpo_alpha < 0:
+        p.append(f"rpo_alpha must be >= 0, got {cfg.rpo_alpha}")
     if cfg.loss_type in ("hinge", "ipo") and cfg.label_smoothing:
         p.append(f"label_smoothing is not defined for loss_type {cfg.loss_type}; leave it at 0")
     elif not 0 <= cfg.label_smoothing < 0.5 and not (cfg.loss_type == "sigmoid" and cfg.label_smoothing == 0.5):

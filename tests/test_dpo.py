@@ -216,3 +216,14 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_model_path, tmp_path,
     a, b = load_weights(tmp_path / "big"), load_weights(tmp_path / "accum")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_rpo_term_is_the_chosen_per_token_nll_by_hand():
+    import torch
+
+    from rewardhub.algorithms.dpo import chosen_nll
+
+    logps = torch.tensor([-3.0, -1.0])  # summed log-probs of two chosen replies
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # 3 and 1 reply tokens
+    assert torch.allclose(chosen_nll(logps, mask, averaged=False), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(chosen_nll(torch.tensor([-0.5]), mask[:1], averaged=True), torch.tensor([0.5]))

@@ -509,6 +509,17 @@ def _ref_logps(ctx: _Context, batch, ids, mask, loss_mask):
     return ctx.reference.logps(ids, mask, loss_mask)
 
 
+def chosen_nll(chosen_logps, chosen_mask, averaged: bool):
+    """(B,) per-token negative log-likelihood of each chosen reply: the RPO term (Pang et al., 2024).
+
+    Added to the DPO loss with weight ``rpo_alpha``, it keeps the chosen replies' likelihood from falling
+    along with the rejected ones', a known failure of plain DPO on pairs that differ in a token or two.
+    """
+    if averaged:  # IPO already passes per-token means
+        return -chosen_logps
+    return -chosen_logps / chosen_mask.sum(-1).clamp_min(1).to(chosen_logps.dtype)
+
+
 def _optimizer_step(ctx: _Context, batches: list[list], optimizer, scheduler) -> dict[str, float]:
     """One optimizer step over the micro-batches; the loss is the mean over every pair of the step."""
     import torch
@@ -529,6 +540,8 @@ def _optimizer_step(ctx: _Context, batches: list[list], optimizer, scheduler) ->
             logps = batch_logps(model, ids, mask, loss_mask, ctx.average)
             losses, rc, rr = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], cfg.beta, cfg.loss_type,
                                       cfg.label_smoothing)
+            if cfg.rpo_alpha:
+                losses = losses + cfg.rpo_alpha * chosen_nll(logps[:n], loss_mask[:n], ctx.average)
             # DDP averages gradients over processes, so scale by world size to get the global pair mean.
             accelerator.backward(losses.sum() * world / max(total_pairs, 1))
         for key, v in _pair_stats(losses, logps[:n], logps[n:], rc, rr).items():
