@@ -11,6 +11,7 @@ position needs no extra state: step ``s`` always reads the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -184,6 +185,65 @@ class MetricsLogger:
             self.progress.stop()
         if self.accelerator.log_with:
             self.accelerator.end_training()
+
+
+class StepChores:
+    """What every recipe does around its optimizer steps, written once.
+
+    After each step: periodic held-out evaluation, periodic checkpoints, the progress bar and the user's
+    callbacks. On Ctrl-C (or another stopping error) inside :meth:`guard`: a checkpoint of the last finished
+    step, so rerunning the command resumes there. At the end: a checkpoint of the final step if the schedule
+    did not just write one.
+
+    Args:
+        cfg: the run's config (``max_steps``, ``eval_every``, ``save_every``).
+        logger: the run's :class:`MetricsLogger`.
+        checkpointer: the run's :class:`Checkpointer`.
+        callbacks: ``cb(step, metrics)`` after every step.
+        evaluate: returns held-out metrics (and leaves the model ready to train), or None.
+        state: extra JSON state stored with every checkpoint (e.g. the KL coefficient).
+    """
+
+    def __init__(self, cfg: Any, logger: MetricsLogger, checkpointer: Checkpointer, callbacks=(),
+                 evaluate=None, state=dict):
+        self.cfg, self.logger, self.checkpointer = cfg, logger, checkpointer
+        self.callbacks, self.evaluate, self.state = list(callbacks), evaluate, state
+        self.completed = 0
+        self._saved = -1
+
+    def _save(self, step: int, extra: dict[str, Any]) -> None:
+        if step != self._saved:
+            self.checkpointer.save(step, {**extra, **self.state()})
+            self._saved = step
+
+    def after_step(self, step: int, metrics: dict[str, float], info: str = "") -> None:
+        cfg = self.cfg
+        self.completed = step
+        if self.evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            self.logger.log(step, self.evaluate(), "eval")
+        if cfg.save_every and step % cfg.save_every == 0:
+            self._save(step, {"epoch": metrics["epoch"]} if "epoch" in metrics else {})
+        self.logger.advance(step, info)
+        for cb in self.callbacks:
+            cb(step, metrics)
+
+    @contextlib.contextmanager
+    def guard(self, start: int, stopping: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+        """Run the step loop; on ``stopping`` errors checkpoint the finished steps, close the logger, re-raise."""
+        self.completed = start
+        try:
+            yield self
+        except stopping:
+            # The step in flight was either fully applied or not at all: checkpoint what is finished.
+            if self.completed > start:
+                self._save(self.completed, {"interrupted": True})
+            self.logger.close()
+            raise
+
+    def finish(self, start: int) -> None:
+        """Checkpoint the final step (unless the schedule just did)."""
+        if start < self.cfg.max_steps:
+            self._save(self.cfg.max_steps, {"final": True})
 
 
 def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:

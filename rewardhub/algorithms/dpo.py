@@ -38,6 +38,7 @@ from rewardhub.engine import (
     Checkpointer,
     DataOrder,
     MetricsLogger,
+    StepChores,
     make_accelerator,
     make_optimizer,
     save_final_model,
@@ -293,8 +294,13 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
                                asdict(cfg), start, f"dpo ({source} pairs)")
         if has_eval and start == 0:
             logger.log(0, {k[len("initial/"):]: v for k, v in final.items()}, "eval")
-        completed = start
-        try:
+        def evaluate_and_resume() -> dict[str, float]:
+            result = evaluate()
+            model.train()
+            return result
+
+        chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate_and_resume if has_eval else None)
+        with chores.guard(start):
             model.train()
             window: dict[str, Any] = {"t0": time.time(), "tokens": 0}
             for step in range(start + 1, cfg.max_steps + 1):
@@ -303,7 +309,6 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
                 else:
                     batches, extra = offline_batches(ctx, examples, order, step, world, micro), {}
                 metrics = _optimizer_step(ctx, batches, optimizer, scheduler)
-                completed = step
                 metrics.update(extra)
                 metrics["lr"] = scheduler.get_last_lr()[0]
                 metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
@@ -312,27 +317,14 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
                     elapsed = time.time() - window["t0"]
                     logger.log(step, {**metrics, "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
                     window = {"t0": time.time(), "tokens": 0}
-                if has_eval and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                    logger.log(step, evaluate(), "eval")
-                    model.train()
-                if cfg.save_every and step % cfg.save_every == 0:
-                    checkpointer.save(step, {"epoch": metrics["epoch"]})
-                logger.advance(step, f"loss {metrics['loss']:.3f} acc {metrics['rewards/accuracies']:.2f}")
                 final.update({f"train/{k}": v for k, v in metrics.items()})
-                for cb in callbacks:
-                    cb(step, metrics)
-        except KeyboardInterrupt:
-            # The step in flight was either fully applied or not at all: checkpoint what is finished, then stop.
-            if completed > start:
-                checkpointer.save(completed, {"interrupted": True})
-            logger.close()
-            raise
+                chores.after_step(step, metrics,
+                                  f"loss {metrics['loss']:.3f} acc {metrics['rewards/accuracies']:.2f}")
         if has_eval:
             result = evaluate()
             logger.log(cfg.max_steps, result, "eval")
             final.update(result)
-        if start < cfg.max_steps and not (cfg.save_every and cfg.max_steps % cfg.save_every == 0):
-            checkpointer.save(cfg.max_steps, {"final": True})
+        chores.finish(start)
         final["pair_source"] = source
         if source != "online":
             final["train_pairs"] = len(examples)

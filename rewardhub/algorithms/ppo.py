@@ -42,7 +42,15 @@ from rewardhub.algorithms.rollout_buffer import (
 from rewardhub.algorithms.value_head import ActorCritic, ValueHead, hidden_size_of
 from rewardhub.config import RL_ALGOS, RLConfig
 from rewardhub.data import load_rows, render_prompt, require_columns
-from rewardhub.engine import Checkpointer, DataOrder, MetricsLogger, make_accelerator, make_optimizer, save_final_model
+from rewardhub.engine import (
+    Checkpointer,
+    DataOrder,
+    MetricsLogger,
+    StepChores,
+    make_accelerator,
+    make_optimizer,
+    save_final_model,
+)
 from rewardhub.errors import ConfigError, RewardProviderError
 from rewardhub.evaluation import generate_completions, load_eval_rows, score_rows
 from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend, sequence_logprobs
@@ -213,38 +221,27 @@ def _train(run: Run, callbacks: Sequence[Callback]) -> dict[str, Any]:
     start = checkpointer.resume(cfg.resume)
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"{cfg.algo}__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, cfg.algo)
-    completed, window = start, []
-    try:
-        if run.eval_rows is not None and start == 0:
-            run.state.eval_before = evaluate_rl(run)
+    evaluate = (lambda: evaluate_rl(run)) if run.eval_rows is not None else None
+    chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate,
+                        state=lambda: {"kl_coef": run.state.kl_ctl.value})
+    window: list[dict[str, float]] = []
+    with chores.guard(start, stopping=(KeyboardInterrupt, RewardProviderError)):
+        if evaluate is not None and start == 0:
+            run.state.eval_before = evaluate()
             logger.log(0, run.state.eval_before, "eval")
         for step in range(start + 1, cfg.max_steps + 1):
             metrics = rl_step(run, step)
-            completed = step
             window.append(metrics)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 logger.log(step, _average(window))
                 window = []
-            if run.eval_rows is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                logger.log(step, evaluate_rl(run), "eval")
-            if cfg.save_every and step % cfg.save_every == 0:
-                checkpointer.save(step, {"kl_coef": run.state.kl_ctl.value})
-            logger.advance(step, f"reward {metrics.get('reward/mean', float('nan')):.3f}")
-            for cb in callbacks:
-                cb(step, metrics)
-    except (KeyboardInterrupt, RewardProviderError):
-        # The step in flight was either fully applied or not at all: checkpoint what is finished, then stop.
-        if completed > start and not (cfg.save_every and completed % cfg.save_every == 0):
-            checkpointer.save(completed, {"interrupted": True, "kl_coef": run.state.kl_ctl.value})
-        logger.close()
-        raise
+            chores.after_step(step, metrics, f"reward {metrics.get('reward/mean', float('nan')):.3f}")
     final: dict[str, Any] = {f"before/{k}": v for k, v in run.state.eval_before.items()}
-    if run.eval_rows is not None:
-        after = evaluate_rl(run)
+    if evaluate is not None:
+        after = evaluate()
         logger.log(cfg.max_steps, after, "eval")
         final.update({f"after/{k}": v for k, v in after.items()})
-    if start < cfg.max_steps and not (cfg.save_every and cfg.max_steps % cfg.save_every == 0):
-        checkpointer.save(cfg.max_steps, {"final": True, "kl_coef": run.state.kl_ctl.value})
+    chores.finish(start)
     final["model_path"] = str(save_model(run))
     logger.close()
     return final

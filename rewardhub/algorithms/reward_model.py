@@ -30,7 +30,7 @@ from rewardhub.algorithms.dpo import encode_completion, pair_texts
 from rewardhub.algorithms.preference_losses import bradley_terry_loss
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns
-from rewardhub.engine import Checkpointer, DataOrder, MetricsLogger, make_accelerator, make_optimizer
+from rewardhub.engine import Checkpointer, DataOrder, MetricsLogger, StepChores, make_accelerator, make_optimizer
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
 from rewardhub.models import LoraOptions, load_model, load_tokenizer
@@ -130,16 +130,20 @@ def train_reward_model(cfg: RewardModelConfig,
     pad_id = tokenizer.pad_token_id
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"rm__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, "reward model")
+    def evaluate() -> dict[str, float]:
+        result = evaluate_reward_model(accelerator, model, eval_examples, cfg, pad_id)
+        model.train()
+        return result
+
+    chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate if eval_examples is not None else None)
     final: dict[str, Any] = {}
-    completed = start
-    try:
+    with chores.guard(start):
         model.train()
         window = {"t0": time.time(), "tokens": 0}
         for step in range(start + 1, cfg.max_steps + 1):
             shares = order.step_batches(accelerator, step, cfg.grad_accum, micro)
             batches = [[examples[i] for i in mine] for mine in shares]
             metrics = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg, pad_id)
-            completed = step
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
             window["tokens"] += metrics.pop("tokens")
@@ -147,26 +151,13 @@ def train_reward_model(cfg: RewardModelConfig,
                 elapsed = time.time() - window["t0"]
                 logger.log(step, {**metrics, "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
                 window = {"t0": time.time(), "tokens": 0}
-            if eval_examples is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                logger.log(step, evaluate_reward_model(accelerator, model, eval_examples, cfg, pad_id), "eval")
-                model.train()
-            if cfg.save_every and step % cfg.save_every == 0:
-                checkpointer.save(step, {"epoch": metrics["epoch"]})
-            logger.advance(step, f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}")
             final.update({f"train/{k}": v for k, v in metrics.items()})
-            for cb in callbacks:
-                cb(step, metrics)
-    except KeyboardInterrupt:
-        if completed > start:
-            checkpointer.save(completed, {"interrupted": True})
-        logger.close()
-        raise
+            chores.after_step(step, metrics, f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}")
     if eval_examples is not None:
-        result = evaluate_reward_model(accelerator, model, eval_examples, cfg, pad_id)
+        result = evaluate()
         logger.log(cfg.max_steps, result, "eval")
         final.update(result)
-    if start < cfg.max_steps and not (cfg.save_every and cfg.max_steps % cfg.save_every == 0):
-        checkpointer.save(cfg.max_steps, {"final": True})
+    chores.finish(start)
     calibration = calibrate(accelerator.unwrap_model(model), tokenizer, cfg, train_rows, accelerator.device)
     final.update({f"calibration/{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
     final["model_path"] = str(save_reward_model(accelerator, model, tokenizer, cfg.out, calibration))

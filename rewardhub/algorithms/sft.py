@@ -20,6 +20,7 @@ from rewardhub.engine import (
     Checkpointer,
     DataOrder,
     MetricsLogger,
+    StepChores,
     make_accelerator,
     make_optimizer,
     save_final_model,
@@ -107,15 +108,16 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
     order = DataOrder(len(examples), cfg.seed)
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"sft__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, "sft")
+    evaluate = None if eval_examples is None else (
+        lambda: evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg))
+    chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate)
     final: dict[str, Any] = {}
-    completed = start
-    try:
+    with chores.guard(start):
         model.train()
         window = {"loss_sum": 0.0, "tokens": 0, "t0": time.time()}
         for step in range(start + 1, cfg.max_steps + 1):
             loss_sum, n_tokens, grad_norm = _optimizer_step(accelerator, model, optimizer, scheduler, examples, order,
                                                             step, cfg, world, micro, tokenizer.pad_token_id)
-            completed = step
             window["loss_sum"] += loss_sum
             window["tokens"] += n_tokens
             metrics = {"loss": loss_sum / max(n_tokens, 1), "lr": scheduler.get_last_lr()[0],
@@ -125,25 +127,11 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
                 logger.log(step, {**metrics, "loss": window["loss_sum"] / max(window["tokens"], 1),
                                   "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
                 window = {"loss_sum": 0.0, "tokens": 0, "t0": time.time()}
-            if eval_examples is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                logger.log(step, evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg), "eval")
-                model.train()
-            if cfg.save_every and step % cfg.save_every == 0:
-                checkpointer.save(step, {"epoch": metrics["epoch"]})
-            logger.advance(step, f"loss {metrics['loss']:.3f}")
-            for cb in callbacks:
-                cb(step, metrics)
-    except KeyboardInterrupt:
-        # The step in flight was either fully applied or not at all: checkpoint what is finished, then stop.
-        if completed > start:
-            checkpointer.save(completed, {"interrupted": True})
-        logger.close()
-        raise
-    if eval_examples is not None:
-        final = evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg)
+            chores.after_step(step, metrics, f"loss {metrics['loss']:.3f}")
+    if evaluate is not None:
+        final = evaluate()
         logger.log(cfg.max_steps, final, "eval")
-    if start < cfg.max_steps and not (cfg.save_every and cfg.max_steps % cfg.save_every == 0):
-        checkpointer.save(cfg.max_steps, {"final": True})
+    chores.finish(start)
     final["model_path"] = str(save_final_model(accelerator, model, tokenizer, cfg.out))
     logger.close()
     return final
