@@ -74,6 +74,7 @@ class SFTConfig(ModelArgs, DataArgs, TrainArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
 
     batch_size: int = opt(128, "sequences per micro-batch per device")
+    max_steps: int = opt(2000, "optimizer steps")
     completion_only_loss: bool = opt(True, "put the loss on completion tokens only (not the prompt)")
     eval_max_new_tokens: int = opt(16, "tokens generated per prompt when measuring held-out accuracy")
 

@@ -7,7 +7,8 @@ from rewardhub.testing import BUILTIN_TINY
 
 #: Defaults for the built-in tiny model (the default job): a warm-up so a random model can earn reward,
 #: short answers, and a small, fast run. Any flag or YAML key overrides them.
-PRESETS = {BUILTIN_TINY: {"sft_warmup_steps": 1000, "max_new_tokens": 8, "batch_size": 16, "max_steps": 100}}
+PRESETS = {BUILTIN_TINY: {"sft_warmup_steps": 1000, "max_new_tokens": 8, "batch_size": 256, "max_steps": 100,
+                          "temperature": 0.7, "lr": 3e-5, "warmup_ratio": 0.2, "kl_coef": 0.01, "value_lr_mult": 100.0}}
 
 
 def add_parser(sub):
