@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rewardhub {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"rewardhub {args.command}: interrupted; finished steps are checkpointed, rerun to resume",
               file=sys.stderr)
