@@ -274,7 +274,7 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
             disable_dropout(frozen)
             reference = Reference(frozen, False, average)
 
-        optimizer, scheduler = make_optimizer(model, cfg)
+        optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         if reference is not None and use_lora:
             reference.model = accelerator.unwrap_model(model)

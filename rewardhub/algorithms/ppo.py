@@ -49,6 +49,7 @@ from rewardhub.engine import (
     StepChores,
     make_accelerator,
     make_optimizer,
+    make_schedule,
     save_final_model,
 )
 from rewardhub.errors import ConfigError, RewardProviderError
@@ -145,7 +146,7 @@ def setup(cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend) -
         eval_rows = None
     tokenizer = load_tokenizer(cfg.model)
     net, ref = build_models(cfg, tokenizer)
-    optimizer, scheduler = make_rl_optimizer(net, cfg)
+    optimizer, scheduler = make_rl_optimizer(net, cfg, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
     if isinstance(ref, torch.nn.Module):
         ref.to(accelerator.device)
@@ -187,22 +188,18 @@ def build_models(cfg: RLConfig, tokenizer) -> tuple[ActorCritic, Any]:
     return ActorCritic(policy, head, critic), ref
 
 
-def make_rl_optimizer(net: ActorCritic, cfg: RLConfig):
+def make_rl_optimizer(net: ActorCritic, cfg: RLConfig, num_processes: int = 1):
     """:func:`make_optimizer`, with the value head in its own group at ``lr * value_lr_mult`` (same schedule)."""
-    optimizer, scheduler = make_optimizer(net, cfg)
+    optimizer, scheduler = make_optimizer(net, cfg, num_processes)
     if net.value_head is None or cfg.value_lr_mult == 1.0:
         return optimizer, scheduler
-    from transformers import get_scheduler
-
     head = list(net.value_head.parameters())
     ids = {id(p) for p in head}
     groups = [{"params": [p for p in g["params"] if id(p) not in ids], "weight_decay": g["weight_decay"]}
               for g in optimizer.param_groups]
     groups.append({"params": head, "weight_decay": 0.0, "lr": cfg.lr * cfg.value_lr_mult})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=optimizer.defaults["betas"])
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
-                              num_training_steps=cfg.max_steps)
-    return optimizer, scheduler
+    return optimizer, make_schedule(optimizer, cfg, num_processes)
 
 
 def eos_ids_of(tokenizer, model) -> list[int]:

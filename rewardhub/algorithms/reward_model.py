@@ -121,7 +121,7 @@ def train_reward_model(cfg: RewardModelConfig,
     examples = tokenize_rm_pairs(train_rows, tokenizer, cfg.max_length, cfg.use_margin)
     eval_examples = tokenize_rm_pairs(eval_rows, tokenizer, cfg.max_length, False) if eval_rows is not None else None
 
-    optimizer, scheduler = make_optimizer(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
     start = checkpointer.resume(cfg.resume)

@@ -100,7 +100,7 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
     examples = tokenize_sft(train_rows, tokenizer, cfg.max_length, cfg.completion_only_loss)
     eval_examples = tokenize_sft(eval_rows, tokenizer, cfg.max_length) if eval_rows is not None else None
 
-    optimizer, scheduler = make_optimizer(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
     start = checkpointer.resume(cfg.resume)
