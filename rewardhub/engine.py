@@ -75,6 +75,35 @@ def make_schedule(optimizer, cfg: Any, num_processes: int = 1):
                          num_training_steps=cfg.max_steps * num_processes)
 
 
+def clip_and_step(accelerator, model, optimizer, max_grad_norm: float, scheduler=None, apply: bool = True) -> float:
+    """Clip gradients (when ``max_grad_norm > 0``), step the optimizer (when ``apply``), step the schedule,
+    zero the gradients; returns the pre-clip gradient norm (0.0 when not clipping)."""
+    grad_norm = 0.0
+    if apply and max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+    if apply:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+class TokenRate:
+    """Tokens per second over a logging window: ``add`` every step, ``take`` when logging (resets the window)."""
+
+    def __init__(self) -> None:
+        self.tokens, self.t0 = 0, time.time()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def take(self) -> float:
+        rate = self.tokens / max(time.time() - self.t0, 1e-9)
+        self.tokens, self.t0 = 0, time.time()
+        return rate
+
+
 class DataOrder:
     """A deterministic, resumable stream of row indices: a fresh seeded permutation per epoch.
 

@@ -39,6 +39,8 @@ from rewardhub.engine import (
     DataOrder,
     MetricsLogger,
     StepChores,
+    TokenRate,
+    clip_and_step,
     make_accelerator,
     make_optimizer,
     save_final_model,
@@ -302,7 +304,7 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
         chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate_and_resume if has_eval else None)
         with chores.guard(start):
             model.train()
-            window: dict[str, Any] = {"t0": time.time(), "tokens": 0}
+            rate = TokenRate()
             for step in range(start + 1, cfg.max_steps + 1):
                 if source == "online":
                     batches, extra = online_round(ctx, train_rows, order, step, world, micro)
@@ -312,11 +314,9 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
                 metrics.update(extra)
                 metrics["lr"] = scheduler.get_last_lr()[0]
                 metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
-                window["tokens"] += metrics.pop("tokens")
+                rate.add(metrics.pop("tokens"))
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    elapsed = time.time() - window["t0"]
-                    logger.log(step, {**metrics, "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
-                    window = {"t0": time.time(), "tokens": 0}
+                    logger.log(step, {**metrics, "tokens_per_s": rate.take()})
                 final.update({f"train/{k}": v for k, v in metrics.items()})
                 chores.after_step(step, metrics,
                                   f"loss {metrics['loss']:.3f} acc {metrics['rewards/accuracies']:.2f}")
@@ -539,13 +539,7 @@ def _optimizer_step(ctx: _Context, batches: list[list], optimizer, scheduler) ->
         for key, v in _pair_stats(losses, logps[:n], logps[n:], rc, rr).items():
             sums[key] += v
         tokens += int(mask.sum())
-    grad_norm = 0.0
-    if total_pairs and cfg.max_grad_norm > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-    if total_pairs:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(accelerator, model, optimizer, cfg.max_grad_norm, scheduler, apply=bool(total_pairs))
     values = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device), "sum")
     metrics = {k: float(v) / max(total_pairs, 1) for k, v in zip(STAT_KEYS, values.tolist())}
     metrics.update({"grad_norm": grad_norm, "pairs": float(total_pairs), "tokens": tokens})

@@ -47,6 +47,7 @@ from rewardhub.engine import (
     DataOrder,
     MetricsLogger,
     StepChores,
+    clip_and_step,
     make_accelerator,
     make_optimizer,
     make_schedule,
@@ -436,11 +437,7 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
             stats["policy/entropy"] = masked_mean(entropy, sub.train_mask)
         for name, v in stats.items():
             sums[name] = sums.get(name, 0.0) + float(v) * weight / world
-    grad_norm = 0.0
-    if cfg.max_grad_norm > 0:
-        grad_norm = float(acc.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm))
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(acc, run.model, run.optimizer, cfg.max_grad_norm)  # the schedule steps per rollout
     names = sorted(sums)
     reduced = _reduce(run, torch.tensor([sums[k] for k in names], device=acc.device), "sum").tolist()
     return {**dict(zip(names, reduced)), "update/grad_norm": grad_norm}

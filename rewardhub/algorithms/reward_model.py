@@ -30,7 +30,16 @@ from rewardhub.algorithms.dpo import encode_completion, pair_texts
 from rewardhub.algorithms.preference_losses import bradley_terry_loss
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns
-from rewardhub.engine import Checkpointer, DataOrder, MetricsLogger, StepChores, make_accelerator, make_optimizer
+from rewardhub.engine import (
+    Checkpointer,
+    DataOrder,
+    MetricsLogger,
+    StepChores,
+    TokenRate,
+    clip_and_step,
+    make_accelerator,
+    make_optimizer,
+)
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
 from rewardhub.models import LoraOptions, load_model, load_tokenizer
@@ -139,18 +148,16 @@ def train_reward_model(cfg: RewardModelConfig,
     final: dict[str, Any] = {}
     with chores.guard(start):
         model.train()
-        window = {"t0": time.time(), "tokens": 0}
+        rate = TokenRate()
         for step in range(start + 1, cfg.max_steps + 1):
             shares = order.step_batches(accelerator, step, cfg.grad_accum, micro)
             batches = [[examples[i] for i in mine] for mine in shares]
             metrics = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg, pad_id)
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
-            window["tokens"] += metrics.pop("tokens")
+            rate.add(metrics.pop("tokens"))
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                elapsed = time.time() - window["t0"]
-                logger.log(step, {**metrics, "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
-                window = {"t0": time.time(), "tokens": 0}
+                logger.log(step, {**metrics, "tokens_per_s": rate.take()})
             final.update({f"train/{k}": v for k, v in metrics.items()})
             chores.after_step(step, metrics, f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}")
     if eval_examples is not None:
@@ -193,12 +200,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: Rewa
         sums["reward_chosen"] += float(scores[:n].detach().sum())
         sums["reward_rejected"] += float(scores[n:].detach().sum())
         tokens += int(mask.sum())
-    grad_norm = 0.0
-    if cfg.max_grad_norm > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(accelerator, model, optimizer, cfg.max_grad_norm, scheduler)
     values = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device), "sum")
     metrics = {k: float(v) / max(total_pairs, 1) for k, v in zip(STAT_KEYS, values.tolist())}
     metrics.update({"grad_norm": grad_norm, "tokens": tokens})

@@ -21,6 +21,7 @@ from rewardhub.engine import (
     DataOrder,
     MetricsLogger,
     StepChores,
+    clip_and_step,
     make_accelerator,
     make_optimizer,
     save_final_model,
@@ -154,12 +155,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, examples, order, s
             # DDP averages gradients over processes, so scale by world size to get the global token mean.
             accelerator.backward(summed * world / max(total_tokens, 1))
         loss_sum += float(summed.detach())
-    grad_norm = 0.0
-    if cfg.max_grad_norm > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(accelerator, model, optimizer, cfg.max_grad_norm, scheduler)
     loss_sum = float(accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum"))
     return loss_sum, total_tokens, grad_norm
 
