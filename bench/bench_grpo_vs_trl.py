@@ -6,7 +6,14 @@ The same workload goes through both frameworks, each in its own subprocess (so p
   distinct pad/eos) and loaded by both with ``from_pretrained``, fp32. ``small``: hidden 256, 4 layers,
   4 heads, intermediate 1024 (~4.2M parameters); ``large``: hidden 512, 8 layers, 8 heads, intermediate 2048
   (~33.6M parameters).
-* data: 256 prompts ``a+b=`` (two-digit a, b); reward 1.0 when the completion contains ``a+b``, else 0.0.
+* data: 256 prompts ``a+b=`` (two-digit a, b). Two rewards (``--reward``): ``sparse``, the reference
+  workload: 1.0 when the completion contains ``a+b``, else 0.0, which a random-init model almost never earns,
+  so nearly every group of 4 scores all alike (zero advantage); ``dense``: the share of digits among the
+  completion's characters, which differs within almost every group. ``zero-std groups`` in the table is the
+  share of groups whose rewards are all equal, as both frameworks saw them.
+* frameworks: ``trl``; ``rewardhub`` as shipped, which leaves zero-advantage rows out of the update's forward
+  and backward (``skip_zero_advantage``; exact: those rows' gradient is 0); ``rewardhub-noskip``, the same
+  with that off, so the table separates the skip from the rest of the loop.
 * one step = 4 prompts x 4 samples = 16 sequences, up to 16 new tokens (EOS allowed), temperature 1.0, no
   top-k / top-p, one optimizer step per generation batch (rewardhub: batch_size=4, num_generations=4,
   ppo_epochs=1, minibatch_size=0, grad_accum=1; TRL: per_device_train_batch_size=16, num_generations=4,
@@ -27,8 +34,8 @@ save). rewardhub's own per-phase timings (``time/*`` metrics) and TRL's (the sam
 tokens/s. ``--repeats N`` interleaves N runs per framework (load drift on a shared machine then hits both
 alike) and pools their measured steps; ``--profile DIR`` cProfiles the measured steps of each framework.
 
-    python bench/bench_grpo_vs_trl.py [--variant small|large|both] [--steps 13] [--warmup 3] [--repeats 1]
-                                      [--json out.json] [--profile DIR]
+    python bench/bench_grpo_vs_trl.py [--variant small|large|both] [--reward sparse|dense|both] [--steps 13]
+                                      [--warmup 3] [--repeats 1] [--json out.json] [--profile DIR]
 
 TRL is needed only for this benchmark (``pip install trl``; keep the installed torch/transformers: if pip
 wants to replace them use ``pip install --no-deps trl`` and add the small missing dependencies).
@@ -55,7 +62,7 @@ VARIANTS = {
     "large": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                   intermediate_size=2048),
 }
-FRAMEWORKS = ("trl", "rewardhub")
+FRAMEWORKS = ("trl", "rewardhub", "rewardhub-noskip")
 PROMPTS_PER_STEP, GROUP, NEW_TOKENS, LR, SEED, N_PROMPTS = 4, 4, 16, 1e-5, 0, 256
 
 
@@ -80,6 +87,20 @@ def sum_reward(prompt: str, completion: str) -> float:
     """1.0 when the completion contains the sum the prompt ``a+b=`` asks for."""
     a, b = prompt.rstrip("=").split("+")
     return 1.0 if str(int(a) + int(b)) in completion else 0.0
+
+
+def digit_share(prompt: str, completion: str) -> float:
+    """Share of the completion's characters that are digits: a dense reward that varies within a group."""
+    return sum(c.isdigit() for c in completion) / max(len(completion), 1)
+
+
+REWARDS = {"sparse": sum_reward, "dense": digit_share}
+
+
+def zero_std_share(values: list[float]) -> float:
+    """Share of the groups (``GROUP`` consecutive samples of one prompt) whose rewards are all equal."""
+    groups = [values[i:i + GROUP] for i in range(0, len(values), GROUP)]
+    return sum(len(set(g)) == 1 for g in groups) / max(len(groups), 1)
 
 
 class StepClock:
@@ -115,7 +136,8 @@ class StepClock:
 # Workers: one framework per process
 # ------------------------------------------------------------------------------------------------------------
 
-def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock) -> dict[str, Any]:
+def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn,
+                  skip: bool = True) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -123,9 +145,13 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
     from rewardhub.config import RLConfig
     from rewardhub.rewards import Reward, RewardProvider
 
-    class SumProvider(RewardProvider):
+    zero_std: list[float] = []
+
+    class BenchProvider(RewardProvider):
         def score(self, samples):
-            return [Reward(sum_reward(s.prompt, s.completion)) for s in samples]
+            values = [reward_fn(s.prompt, s.completion) for s in samples]
+            zero_std.append(zero_std_share(values))
+            return [Reward(v) for v in values]
 
     cfg = RLConfig(
         model=model_dir, dtype="float32", gradient_checkpointing=False, algo="grpo", data=data_file,
@@ -134,7 +160,7 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
         ppo_epochs=1, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, max_grad_norm=1.0,
         clip_eps=0.2, scale_rewards=True, kl_coef=0.0, kl_in_reward=False, kl_loss_coef=0.0,
         log_every=steps, eval_every=0, save_every=0, completions_every=0, resume=False, threads=1,
-        report_to="none",
+        report_to="none", skip_zero_advantage=skip,
     )
     n_seq = PROMPTS_PER_STEP * GROUP
 
@@ -143,7 +169,8 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
         clock.step_end(metrics["completions/mean_length"] * n_seq,
                        generation=metrics["time/generation"], scoring=metrics["time/scoring"],
                        old_logprobs=metrics["time/forward"], update=metrics["time/update"],
-                       reward=metrics.get("reward/mean", float("nan")))
+                       reward=metrics.get("reward/mean", float("nan")), zero_std=zero_std[-1],
+                       rows_skipped=metrics.get("update/frac_rows_skipped", 0.0))
 
     checks: dict[str, Any] = {}
     setup = ppo.setup
@@ -156,12 +183,13 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
         return run
 
     ppo.setup = checked_setup
-    ppo.train_rl(cfg, callbacks=[on_step], provider=SumProvider())
+    ppo.train_rl(cfg, callbacks=[on_step], provider=BenchProvider())
     return {"steps": clock.steps, "peak_rss_mib": clock.peak_rss_last_step, "peak_rss_end_mib": peak_rss_mib(),
             "checks": checks}
 
 
-def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock) -> dict[str, Any]:
+def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn
+            ) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -173,11 +201,13 @@ def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: Ste
     rows = [json.loads(line) for line in Path(data_file).read_text().splitlines()]
     dataset = Dataset.from_list(rows)
     tokens_per_call: list[int] = []
-    phase = {"generation": 0.0, "scoring": 0.0}
+    phase = {"generation": 0.0, "scoring": 0.0, "zero_std": 0.0}
 
-    def sum_reward_func(prompts, completions, completion_ids, **kwargs):
+    def bench_reward_func(prompts, completions, completion_ids, **kwargs):
         tokens_per_call.append(sum(len(c) for c in completion_ids))  # up to and including EOS
-        return [sum_reward(p, c) for p, c in zip(prompts, completions)]
+        values = [reward_fn(p, c) for p, c in zip(prompts, completions)]
+        phase["zero_std"] = zero_std_share(values)  # TRL repeats each prompt num_generations times in a row
+        return values
 
     args = GRPOConfig(
         output_dir=out_dir, seed=SEED, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
@@ -196,10 +226,10 @@ def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: Ste
 
         def on_step_end(self, args, state, control, **kwargs):
             clock.step_end(tokens_per_call[-1] if tokens_per_call else float("nan"), **phase)
-            phase.update(generation=0.0, scoring=0.0)
+            phase.update(generation=0.0, scoring=0.0, zero_std=0.0)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left", truncation_side="left")
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=sum_reward_func, args=args, train_dataset=dataset,
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=bench_reward_func, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[Clock()])
 
     def timed(fn, name):
@@ -223,7 +253,7 @@ def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: Ste
 
 def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    runner = run_trl if args.worker == "trl" else run_rewardhub
+    reward_fn = REWARDS[args.reward]
     profiler = None
     if args.profile:
         import cProfile
@@ -231,7 +261,11 @@ def worker(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile()
     clock = StepClock(args.steps, args.warmup, profiler)
     with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as out:
-        result = runner(args.model_dir, args.data_file, out, args.steps, clock)
+        if args.worker == "trl":
+            result = run_trl(args.model_dir, args.data_file, out, args.steps, clock, reward_fn)
+        else:
+            result = run_rewardhub(args.model_dir, args.data_file, out, args.steps, clock, reward_fn,
+                                   skip=args.worker == "rewardhub")
     result["wall_s"] = time.perf_counter() - t0
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -282,19 +316,22 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     for key in ("generation", "scoring", "old_logprobs", "update"):
         if all(key in s for s in steps):
             out[f"median_{key}_s"] = statistics.median(s[key] for s in steps)
+    for key in ("zero_std", "rows_skipped"):
+        if all(key in s for s in steps):
+            out[f"mean_{key}"] = statistics.fmean(s[key] for s in steps)
     if all("generation" in s for s in steps):  # generation alone: tokens over the time spent sampling them
         out["generation_tokens_per_s"] = total_tok / sum(s["generation"] for s in steps)
     return out
 
 
-def run_worker(framework: str, model_dir: Path, data_file: Path, args: argparse.Namespace, tmp: Path,
-               profile: Path | None) -> dict[str, Any]:
+def run_worker(framework: str, model_dir: Path, data_file: Path, reward: str, args: argparse.Namespace,
+               tmp: Path, profile: Path | None) -> dict[str, Any]:
     result = tmp / f"{framework}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "CUDA_VISIBLE_DEVICES": "",
            "TRL_EXPERIMENTAL_SILENCE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir),
-           "--data-file", str(data_file), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--data-file", str(data_file), "--reward", reward, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--result", str(result)]
     if profile is not None:
         cmd += ["--profile", str(profile)]
@@ -305,12 +342,13 @@ def run_worker(framework: str, model_dir: Path, data_file: Path, args: argparse.
     return json.loads(result.read_text())
 
 
-def print_table(variant: str, n_params: int, rows: dict[str, dict[str, Any]]) -> None:
+def print_table(title: str, n_params: int, rows: dict[str, dict[str, Any]]) -> None:
     r0 = rows["trl"]
-    print(f"\n== {variant}: {n_params / 1e6:.2f}M parameters, {PROMPTS_PER_STEP}x{GROUP} sequences/step, "
+    print(f"\n== {title}: {n_params / 1e6:.2f}M parameters, {PROMPTS_PER_STEP}x{GROUP} sequences/step, "
           f"{NEW_TOKENS} new tokens, {r0['measured_steps']} measured steps ({r0['repeats']} run(s) each) ==")
-    head = (f"{'framework':10s} {'step ms':>9s} {'tokens/step':>11s} {'tokens/s':>9s} {'peak RSS MiB':>12s}  "
-            f"{'gen ms':>7s} {'reward ms':>9s} {'old-lp ms':>9s} {'rest ms':>8s} {'gen-only tok/s':>14s}")
+    head = (f"{'framework':16s} {'step ms':>8s} {'tok/step':>8s} {'tokens/s':>9s} {'peak RSS MiB':>12s}  "
+            f"{'gen ms':>7s} {'reward ms':>9s} {'old-lp ms':>9s} {'rest ms':>8s} {'gen tok/s':>9s} "
+            f"{'zero-std groups':>15s} {'rows skipped':>12s}")
     print(head)
     print("-" * len(head))
     for name in FRAMEWORKS:
@@ -319,20 +357,46 @@ def print_table(variant: str, n_params: int, rows: dict[str, dict[str, Any]]) ->
         old = r.get("median_old_logprobs_s", 0.0)
         rest = r["median_step_s"] - gen - score - old
         old_txt = f"{old * 1e3:9.1f}" if "median_old_logprobs_s" in r else f"{'-':>9s}"
-        print(f"{name:10s} {r['median_step_s'] * 1e3:9.1f} {r['tokens_per_step']:11.1f} {r['tokens_per_s']:9.1f} "
+        skipped = f"{r['mean_rows_skipped']:12.0%}" if "mean_rows_skipped" in r else f"{'-':>12s}"
+        print(f"{name:16s} {r['median_step_s'] * 1e3:8.1f} {r['tokens_per_step']:8.1f} {r['tokens_per_s']:9.1f} "
               f"{r['peak_rss_mib']:12.1f}  {gen * 1e3:7.1f} {score * 1e3:9.1f} {old_txt} {rest * 1e3:8.1f} "
-              f"{r.get('generation_tokens_per_s', float('nan')):14.1f}")
-    a, b = rows["rewardhub"], rows["trl"]
-    speed = a["tokens_per_s"] / b["tokens_per_s"]
-    mem = a["peak_rss_mib"] / b["peak_rss_mib"]
-    verdict = "MET" if speed >= 2.0 and mem <= 1.0 else "NOT MET"
-    gen_speed = a.get("generation_tokens_per_s", float("nan")) / b.get("generation_tokens_per_s", float("nan"))
-    print(f"rewardhub/TRL: tokens/s {speed:.2f}x, median step time {a['median_step_s'] / b['median_step_s']:.2f}x, "
-          f"peak RSS {mem:.2f}x, generation-only tokens/s {gen_speed:.2f}x")
-    print(f"target (>= 2x tokens/s at <= TRL's peak RSS): {verdict}")
+              f"{r.get('generation_tokens_per_s', float('nan')):9.1f} {r.get('mean_zero_std', float('nan')):15.0%} "
+              f"{skipped}")
+    b = rows["trl"]
+    for name in FRAMEWORKS[1:]:
+        a = rows[name]
+        speed = a["tokens_per_s"] / b["tokens_per_s"]
+        mem = a["peak_rss_mib"] / b["peak_rss_mib"]
+        verdict = "MET" if speed >= 2.0 and mem <= 1.0 else "NOT MET"
+        gen_speed = a.get("generation_tokens_per_s", float("nan")) / b.get("generation_tokens_per_s", float("nan"))
+        print(f"{name}/TRL: tokens/s {speed:.2f}x, median step time {a['median_step_s'] / b['median_step_s']:.2f}x, "
+              f"peak RSS {mem:.2f}x, generation-only tokens/s {gen_speed:.2f}x; target (>= 2x tokens/s at <= "
+              f"TRL's peak RSS): {verdict}")
     print("(step = wall time between consecutive step ends; gen/reward/old-lp = median time in generation, reward "
           "scoring and rewardhub's separate old-log-prob pass; rest = step - those: loss forward/backward, "
-          "optimizer, bookkeeping; gen-only tok/s = generated tokens / time in generation)")
+          "optimizer, bookkeeping; gen tok/s = generated tokens / time in generation; zero-std groups = share of "
+          "groups whose rewards were all equal; rows skipped = share of rows left out of the update)")
+
+
+def run_frameworks(model_dir: Path, data_file: Path, variant: str, reward: str, args: argparse.Namespace,
+                   tmp: Path) -> tuple[dict[str, dict[str, Any]], list[float]]:
+    """``--repeats`` interleaved runs of every framework on one workload; their pooled summaries."""
+    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FRAMEWORKS}
+    loads = []
+    for rep in range(args.repeats):
+        for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
+            prof = args.profile / f"{variant}_{reward}_{framework}.prof" if args.profile and rep == 0 else None
+            raw = run_worker(framework, model_dir, data_file, reward, args, tmp, prof)
+            runs[framework].append(raw)
+            loads.append(os.getloadavg()[0])
+            print(f"  {variant} {reward} {framework} run {rep + 1}: {raw['wall_s']:.1f}s, load {loads[-1]:.2f}",
+                  flush=True)
+    rows = {f: summarize(runs[f], args.warmup) for f in FRAMEWORKS}
+    for f in FRAMEWORKS:
+        rows[f]["raw_steps"] = [r["steps"] for r in runs[f]]
+        rows[f]["checks"] = runs[f][0].get("checks", {})
+        print(f"  {f} as run: {rows[f]['checks']}")
+    return rows, loads
 
 
 def print_profile(path: Path, top: int) -> None:
@@ -346,6 +410,9 @@ def print_profile(path: Path, top: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", choices=["small", "large", "both"], default="small")
+    ap.add_argument("--reward", choices=["sparse", "dense", "both"], default="both",
+                    help="sparse: the reference workload (1 when the completion contains the sum); dense: the share "
+                         "of digits in the completion (default: both)")
     ap.add_argument("--steps", type=int, default=13, help="optimizer steps per framework run (default 13)")
     ap.add_argument("--warmup", type=int, default=3, help="leading steps of each run dropped from the statistics")
     ap.add_argument("--repeats", type=int, default=1,
@@ -392,36 +459,26 @@ def main() -> None:
         tmp = Path(tmp_name)
         data_file = tmp / "prompts.jsonl"
         write_prompts(data_file)
+        rewards = ["sparse", "dense"] if args.reward == "both" else [args.reward]
         for variant in variants:
             model_dir = tmp / f"model-{variant}"
             n_params = build_model(model_dir, variant)
-            runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FRAMEWORKS}
-            loads = []
-            for rep in range(args.repeats):
-                for framework in FRAMEWORKS if rep % 2 == 0 else FRAMEWORKS[::-1]:
-                    prof = args.profile / f"{variant}_{framework}.prof" if args.profile and rep == 0 else None
-                    raw = run_worker(framework, model_dir, data_file, args, tmp, prof)
-                    runs[framework].append(raw)
-                    loads.append(os.getloadavg()[0])
-                    print(f"  {variant} {framework} run {rep + 1}: {raw['wall_s']:.1f}s, load {loads[-1]:.2f}",
-                          flush=True)
-            rows = {f: summarize(runs[f], args.warmup) for f in FRAMEWORKS}
-            for f in FRAMEWORKS:
-                rows[f]["raw_steps"] = [r["steps"] for r in runs[f]]
-                rows[f]["checks"] = runs[f][0].get("checks", {})
-                print(f"  {f} as run: {rows[f]['checks']}")
-            print_table(variant, n_params, rows)
-            if args.profile:
-                for f in FRAMEWORKS:
-                    print_profile(args.profile / f"{variant}_{f}.prof", args.profile_top)
-            report["variants"][variant] = {
-                "n_params": n_params, "config": VARIANTS[variant], "loadavg_1min_after_runs": loads, **rows,
-                "ratio_tokens_per_s": rows["rewardhub"]["tokens_per_s"] / rows["trl"]["tokens_per_s"],
-                "ratio_step_time": rows["rewardhub"]["median_step_s"] / rows["trl"]["median_step_s"],
-                "ratio_peak_rss": rows["rewardhub"]["peak_rss_mib"] / rows["trl"]["peak_rss_mib"],
-                "ratio_generation_tokens_per_s": rows["rewardhub"]["generation_tokens_per_s"]
-                / rows["trl"]["generation_tokens_per_s"],
-            }
+            for reward in rewards:
+                title = f"{variant}, {reward} reward"
+                rows, loads = run_frameworks(model_dir, data_file, variant, reward, args, tmp)
+                print_table(title, n_params, rows)
+                if args.profile:
+                    for f in FRAMEWORKS:
+                        print_profile(args.profile / f"{variant}_{reward}_{f}.prof", args.profile_top)
+                b = rows["trl"]
+                report["variants"][f"{variant}/{reward}"] = {
+                    "n_params": n_params, "config": VARIANTS[variant], "reward": reward,
+                    "loadavg_1min_after_runs": loads, **rows,
+                    **{f"ratio_{key}_{name}": rows[name][field] / b[field] for name in FRAMEWORKS[1:]
+                       for key, field in (("tokens_per_s", "tokens_per_s"), ("step_time", "median_step_s"),
+                                          ("peak_rss", "peak_rss_mib"),
+                                          ("generation_tokens_per_s", "generation_tokens_per_s"))},
+                }
     load_end = os.getloadavg()
     report["loadavg_end"] = load_end
     print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} "

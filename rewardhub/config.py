@@ -293,6 +293,9 @@ class RLConfig(TrainConfig):
                                   "(timeout/error/pending) in one step exceeds this")
     completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    skip_zero_advantage: bool = opt(True, "leave rows whose loss is exactly zero (all-zero advantage, no value or KL "
+                                    "loss term: GRPO/RLOO groups that all scored alike) out of the update's "
+                                    "forward/backward; the gradient is unchanged")
     recompute_logprobs: bool = opt(False, "recompute old log-probs with a fresh forward pass instead of reusing the "
                                    "sampler's (needed when sampling runs in another engine or precision)")
     sft_warmup_steps: int = opt(0, "SFT steps on --data (prompt+completion rows) before RL, the ReFT warm-up; "

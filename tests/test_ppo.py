@@ -13,6 +13,7 @@ from rewardhub.algorithms.rollout_buffer import (
     group_advantages,
     ppo_advantages,
     rl_loss,
+    rows_with_gradient,
 )
 from rewardhub.cli.main import main
 from rewardhub.config import RLConfig
@@ -41,6 +42,13 @@ class FlakySevens(Sevens):
         if self.fail_all_from is not None and self.calls >= self.fail_all_from:
             return [Reward.failed(Status.ERROR, "judge server down") for _ in samples]
         return [Reward.failed(Status.TIMEOUT, "slow") if i % 4 == 3 else r for i, r in enumerate(out)]
+
+
+class HasSeven(RewardProvider):
+    """1.0 when the completion contains a "7": sparse, so some groups score all alike (zero advantage)."""
+
+    def score(self, samples):
+        return [Reward(float("7" in s.completion)) for s in samples]
 
 
 def cfg(tiny_model_path, out, **kw):
@@ -257,3 +265,42 @@ def test_knobs_early_stop_component_metrics_and_kl_in_loss(tiny_model_path, tmp_
     c = cfg(tiny_model_path, tmp_path / "nokl", max_steps=1, kl_in_reward=False)
     assert train_rl(c, provider=Sevens())["model_path"]
     assert "kl/mean_per_seq" not in records(tmp_path / "nokl")[-1]  # no reference model loaded
+
+
+def test_rows_with_gradient_are_the_ones_whose_loss_can_move_the_weights():
+    valid = [True, False, True, True]
+    b = _batch(valid, advantages=torch.tensor([0.5, 1.0, 0.0, -0.0]), values=False)
+    assert rows_with_gradient(b, LossSettings(), has_values=False).tolist() == [True, False, False, False]
+    # a KL loss term moves every usable row; a value loss too (but a failed row never)
+    assert rows_with_gradient(b, LossSettings(kl_loss_coef=0.1), has_values=False).tolist() == [
+        True, False, True, True]
+    assert rows_with_gradient(b, LossSettings(), has_values=True).tolist() == [True, False, True, True]
+    # per-token advantages: nonzero only after EOS (masked) does not count
+    adv = torch.zeros(4, 5)
+    adv[0, 4] = 1.0  # row 0's EOS is at t=2: t=4 is padding
+    adv[2, 1] = -0.3
+    b = _batch(valid, advantages=adv, values=False)
+    assert rows_with_gradient(b, LossSettings(), has_values=False).tolist() == [False, False, True, False]
+    # and the claim itself: a skipped row's gradient is exactly zero, whatever the ratio
+    b = _batch(valid, advantages=torch.tensor([0.5, 1.0, 0.0, 0.0]), values=False)
+    logp = (b.old_logprobs + torch.randn(4, 5)).requires_grad_(True)
+    rl_loss(logp, None, b, LossSettings())[0].backward()
+    assert torch.equal(logp.grad[1:], torch.zeros(3, 5)) and logp.grad[0, :3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_skipping_zero_advantage_rows_gives_the_same_weights(algo, tiny_model_path, tmp_path):
+    # several epochs, minibatches and accumulation chunks, so whole chunks are skipped (one row is kept)
+    kw = dict(algo=algo, max_steps=4, batch_size=4, num_generations=4, ppo_epochs=2, minibatch_size=8,
+              grad_accum=2, lr=3e-3, kl_in_reward=False)
+    train_rl(cfg(tiny_model_path, tmp_path / "skip", **kw), provider=HasSeven())
+    train_rl(cfg(tiny_model_path, tmp_path / "full", skip_zero_advantage=False, **kw), provider=HasSeven())
+    skipped = [r["update/frac_rows_skipped"] for r in records(tmp_path / "skip")]
+    assert all(0 <= f < 1 for f in skipped) and sum(skipped) > 0, skipped
+    assert all(r["update/frac_rows_skipped"] == 0 for r in records(tmp_path / "full"))
+    a, b = load_weights(tmp_path / "skip"), load_weights(tmp_path / "full")
+    assert any(r["reward/std"] > 0 for r in records(tmp_path / "skip"))  # something was trained
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    first = lambda out: records(out)[0]  # noqa: E731
+    assert first(tmp_path / "skip")["reward/mean"] == first(tmp_path / "full")["reward/mean"]

@@ -37,6 +37,7 @@ from rewardhub.algorithms.rollout_buffer import (
     group_advantages,
     ppo_advantages,
     rl_loss,
+    rows_with_gradient,
     token_kl,
 )
 from rewardhub.algorithms.value_head import ActorCritic, ValueHead, hidden_size_of
@@ -413,6 +414,14 @@ def update(run: Run, batch: RolloutBatch, step: int) -> dict[str, float]:
 def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, float] | None:
     """One optimizer step on a minibatch, split in ``grad_accum`` chunks; loss = token-mean over all of it.
 
+    With ``skip_zero_advantage`` the rows that cannot carry gradient (:func:`rows_with_gradient`) are left
+    out of the forward and backward passes; the loss keeps the whole minibatch's token count as its
+    normaliser, so the gradient is the same as without skipping (up to float summation order). A chunk left
+    empty keeps one row (its loss is exactly 0): every process still runs a backward pass, which DDP's
+    gradient all-reduce needs, and the optimizer still steps on (zero) gradients as it would have, so
+    AdamW's momentum and the LR schedule are unchanged. The policy statistics (clip fraction, approx KL,
+    entropy) are then over the rows that were run.
+
     Returns None (no step) when no process has a usable token in the minibatch.
     """
     import contextlib
@@ -422,21 +431,27 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
     total = float(_reduce(run, mb.train_mask.sum().float(), "sum"))
     if total == 0:
         return None
-    chunks = [c for c in torch.arange(len(mb), device=mb.input_ids.device).chunk(cfg.grad_accum) if len(c)]
-    sums: dict[str, float] = {}
-    for k, idx in enumerate(chunks):
-        sub = mb.select(idx)
-        weight = float(sub.train_mask.sum()) * world / total  # DDP averages over processes
-        ctx = contextlib.nullcontext() if k == len(chunks) - 1 else acc.no_sync(run.model)
+    rows = torch.arange(len(mb), device=mb.input_ids.device)
+    chunks = [c for c in rows.chunk(cfg.grad_accum) if len(c)]
+    if cfg.skip_zero_advantage:
+        live = rows_with_gradient(mb, run.losses, run.net.has_values)
+        chunks = [c[live[c]] if bool(live[c].any()) else c[:1] for c in chunks]
+    subs = [mb.select(idx) for idx in chunks]
+    run_rows = sum(len(sub) for sub in subs)
+    stats_total = float(_reduce(run, sum(sub.train_mask.sum() for sub in subs).float(), "sum"))
+    sums: dict[str, float] = {"update/frac_rows_skipped": (1 - run_rows / len(mb)) / world}
+    for k, sub in enumerate(subs):
+        n_tok = float(sub.train_mask.sum())
+        ctx = contextlib.nullcontext() if k == len(subs) - 1 else acc.no_sync(run.model)
         with ctx:
             logp, values, entropy = run.model(sub.input_ids, sub.attention_mask, sub.position_ids,
                                               sub.completion_start, run.params.logprob_temperature, with_entropy)
             loss, stats = rl_loss(logp, values, sub, run.losses)
-            acc.backward(loss * weight)
+            acc.backward(loss * (n_tok * world / total))  # DDP averages over processes
         if entropy is not None:
             stats["policy/entropy"] = masked_mean(entropy, sub.train_mask)
         for name, v in stats.items():
-            sums[name] = sums.get(name, 0.0) + float(v) * weight / world
+            sums[name] = sums.get(name, 0.0) + float(v) * n_tok / max(stats_total, 1.0)
     grad_norm = clip_and_step(acc, run.model, run.optimizer, cfg.max_grad_norm)  # the schedule steps per rollout
     names = sorted(sums)
     reduced = _reduce(run, torch.tensor([sums[k] for k in names], device=acc.device), "sum").tolist()

@@ -148,6 +148,29 @@ class LossSettings:
     kl_loss_coef: float = 0.0
 
 
+def rows_with_gradient(mb: RolloutBatch, s: LossSettings, has_values: bool) -> Tensor:
+    """(n,) bool: the rows whose terms in :func:`rl_loss` can move the weights; the update may skip the rest.
+
+    A row without a usable token (failed reward, empty completion) is masked out of every term. Without a
+    value loss and without a KL loss term, a row whose advantages are all exactly zero (a GRPO/RLOO group
+    whose samples all scored the same) contributes ``max(-0 * r, -0 * clip(r)) = 0`` per token for *any*
+    ratio ``r``, so its gradient is exactly zero in every epoch. Such rows are common in verifier-scored RL
+    (all-wrong groups early, all-right ones late; DAPO's "zero-variance groups"), and their forward and
+    backward passes are pure waste. Dropping them changes nothing else as long as the loss keeps its
+    normaliser (the token count of the whole minibatch), which :func:`rewardhub.algorithms.ppo.minibatch_step`
+    does.
+    """
+    live = mb.train_mask.any(dim=1)
+    if has_values or (s.kl_loss_coef > 0 and mb.ref_logprobs is not None):
+        return live
+    adv = mb.advantages
+    if adv is None:
+        return live
+    if adv.dim() == 1:
+        return live & (adv != 0)
+    return (mb.train_mask & (adv != 0)).any(dim=1)
+
+
 def rl_loss(logprobs: Tensor, values: Tensor | None, mb: RolloutBatch,
             s: LossSettings) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped policy loss (+ ``vf_coef`` x clipped value loss, + ``kl_loss_coef`` x k3 KL), token-mean.
