@@ -17,8 +17,9 @@ The same workload goes through both frameworks, each in its own subprocess (so p
 * one step = 4 prompts x 4 samples = 16 sequences, up to 16 new tokens (EOS allowed), temperature 1.0, no
   top-k / top-p, one optimizer step per generation batch (rewardhub: batch_size=4, num_generations=4,
   ppo_epochs=1, minibatch_size=0, grad_accum=1; TRL: per_device_train_batch_size=16, num_generations=4,
-  steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1), AdamW lr 1e-5 constant, max grad
-  norm 1.0, clip 0.2, group-std advantage scaling, beta = 0 (no reference model, no KL) in both, fp32,
+  steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1), fused AdamW (transformers' default
+  ``adamw_torch_fused``, and rewardhub's) lr 1e-5 constant, max grad norm 1.0, clip 0.2, group-std advantage
+  scaling, beta = 0 (no reference model, no KL) in both, fp32,
   gradient checkpointing off, logging / evaluation / checkpointing off (as far as each framework allows),
   one torch thread (``torch.set_num_threads(1)`` and ``OMP_NUM_THREADS=1``).
 
@@ -211,7 +212,7 @@ def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: Ste
 
     args = GRPOConfig(
         output_dir=out_dir, seed=SEED, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
+        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=steps, per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
         gradient_accumulation_steps=1, steps_per_generation=1, num_generations=GROUP, num_iterations=1,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2,
