@@ -386,6 +386,7 @@ def update(run: Run, batch: RolloutBatch, step: int) -> dict[str, float]:
     n = len(batch)
     size = min(cfg.minibatch_size or n, n)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     count, epochs = 0, 0
     run.model.train()
     stop = False
@@ -399,14 +400,15 @@ def update(run: Run, batch: RolloutBatch, step: int) -> dict[str, float]:
             count += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if cfg.target_kl is not None and stats["policy/approx_kl"] > cfg.target_kl:
+                counts[k] = counts.get(k, 0) + 1
+            if cfg.target_kl is not None and stats.get("policy/approx_kl", 0.0) > cfg.target_kl:
                 stop = True
                 break
         epochs = epoch + 1
         if stop:
             break
     run.scheduler.step()
-    out = {k: v / max(count, 1) for k, v in sums.items()}
+    out = {k: v / counts[k] for k, v in sums.items()}  # a key a minibatch did not measure is not averaged in
     out.update({"update/epochs": float(epochs), "update/early_stopped": float(stop), "update/minibatches": count})
     return out
 
@@ -420,7 +422,8 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
     empty keeps one row (its loss is exactly 0): every process still runs a backward pass, which DDP's
     gradient all-reduce needs, and the optimizer still steps on (zero) gradients as it would have, so
     AdamW's momentum and the LR schedule are unchanged. The policy statistics (clip fraction, approx KL,
-    entropy) are then over the rows that were run.
+    entropy) are then over the rows that were run. When no process has a row that can move the weights,
+    not even that row runs: :func:`_step_on_zero_gradient`.
 
     Returns None (no step) when no process has a usable token in the minibatch.
     """
@@ -435,6 +438,8 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
     chunks = [c for c in rows.chunk(cfg.grad_accum) if len(c)]
     if cfg.skip_zero_advantage:
         live = rows_with_gradient(mb, run.losses, run.net.has_values)
+        if _grads_settable(acc) and float(_reduce(run, live.sum().float(), "sum")) == 0:
+            return _step_on_zero_gradient(run)
         chunks = [c[live[c]] if bool(live[c].any()) else c[:1] for c in chunks]
     subs = [mb.select(idx) for idx in chunks]
     run_rows = sum(len(sub) for sub in subs)
@@ -456,6 +461,29 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
     names = sorted(sums)
     reduced = _reduce(run, torch.tensor([sums[k] for k in names], device=acc.device), "sum").tolist()
     return {**dict(zip(names, reduced)), "update/grad_norm": grad_norm}
+
+
+def _grads_settable(acc) -> bool:
+    """Whether gradients may be written directly: a plain or DDP-wrapped module (FSDP and DeepSpeed shard them)."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA,
+                                        DistributedType.MEGATRON_LM)
+
+
+def _step_on_zero_gradient(run: Run) -> dict[str, float]:
+    """No row on any process can move the weights: zero gradients without a forward or backward pass.
+
+    The optimizer still steps, as it would have on the zero gradients a backward pass would produce (AdamW's
+    momentum keeps moving the weights), so the run is unchanged; only the policy loss (exactly 0) is known.
+    Every trainable parameter of a causal LM is in the loss's graph, so a backward pass would have given each
+    one a (zero) gradient too. Every process takes this branch together (the live-row count is all-reduced).
+    """
+    for p in run.model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    grad_norm = clip_and_step(run.accelerator, run.model, run.optimizer, run.cfg.max_grad_norm)
+    return {"policy/loss": 0.0, "update/frac_rows_skipped": 1.0, "update/grad_norm": grad_norm}
 
 
 def reward_metrics(run: Run, rewards: list[Reward], scores: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
