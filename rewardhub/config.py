@@ -366,8 +366,8 @@ class DPOConfig(TrainConfig):
                     "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
     pairs: str = opt("auto", "pair source: dataset (prompt/chosen/rejected columns of --data), provider (the "
                      "reward's preference_pairs()), online (sample num_generations completions per prompt, "
-                     "rank them with the reward, best vs worst), auto (dataset when --data has chosen/rejected, "
-                     "else provider when the reward stores preferences, else online)")
+                     "rank them with the reward, best vs worst), auto (provider when the reward stores "
+                     "preferences, e.g. human; else dataset when --data has chosen/rejected; else online)")
     reward: str = opt("exact-match", "reward that ranks online samples or stores pairs (--pairs online/provider)")
     beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
     loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSSES)} (ipo uses length-normalised log-probs)")

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ["REWARDHUB_LOAD_PLUGINS"] = "tasks,basic,verifier,reward_model"
+os.environ["REWARDHUB_LOAD_PLUGINS"] = "tasks,basic,verifier,reward_model,judge,feedback"
 
 import pytest
 

@@ -46,3 +46,24 @@ def test_reft_vs_sft_example_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "rvs" / "result.json").read_text())
     assert "ReFT - SFT" in result.stdout and summary["held_out"] == 100
+
+
+def test_rlaif_judge_example_runs_the_loop_against_a_served_judge(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples/rlaif_judge.py"), "--steps", "2",
+                             "--out", str(tmp_path / "rlaif")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "provider/judge/requests=" in result.stdout
+    rows = [json.loads(x) for x in (tmp_path / "rlaif" / "train" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 2 and train[-1]["provider/judge/requests"] > 0
+
+
+def test_human_feedback_dpo_example_quick(tmp_path):
+    import os
+
+    env = {**os.environ, "STEPS": "20", "PAIRS": "200", "OUT": str(tmp_path / "hf")}
+    result = subprocess.run(["bash", str(ROOT / "examples/human_feedback_dpo.sh")], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out pairs where the policy prefers the chosen reply" in result.stdout
+    assert (tmp_path / "hf" / "dpo" / "model" / "config.json").exists()

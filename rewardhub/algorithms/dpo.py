@@ -346,8 +346,12 @@ class _Context:
 
 
 def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None):
-    """(source, training rows or None): ``cfg.pairs`` with ``auto`` resolved from the data and the provider."""
-    if cfg.pairs == "provider":
+    """(source, training rows or None): ``cfg.pairs`` with ``auto`` resolved from the provider and the data.
+
+    ``auto`` takes a provider that stores preferences (``--reward=human``) first: naming it is the user's
+    choice of pairs, while ``--data`` may just be the default task.
+    """
+    if cfg.pairs == "provider" or (cfg.pairs == "auto" and provider is not None and stores_pairs(provider)):
         return "provider", None
     rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
     has_pairs = all(c in rows.column_names for c in ("chosen", "rejected"))
@@ -359,8 +363,6 @@ def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None):
     if has_pairs:
         require_columns(rows, ["prompt", "chosen", "rejected"], "DPO on preference data")
         return "dataset", rows
-    if provider is not None and stores_pairs(provider):
-        return "provider", None
     if "prompt" not in rows.column_names:
         raise DataError(f"DPO data {cfg.data!r} has neither chosen/rejected columns (offline pairs) nor a prompt "
                         f"column (online pairs); it has {rows.column_names}")

@@ -7,10 +7,10 @@ import logging
 import sys
 
 from rewardhub import __version__
-from rewardhub.cli import eval_cmd, plugins_cmd, score_cmd, sft_cmd, train_cmd, train_rm_cmd
+from rewardhub.cli import eval_cmd, feedback_cmd, plugins_cmd, score_cmd, serve_cmd, sft_cmd, train_cmd, train_rm_cmd
 from rewardhub.errors import RewardhubError
 
-COMMANDS = (plugins_cmd, sft_cmd, train_cmd, train_rm_cmd, score_cmd, eval_cmd)
+COMMANDS = (plugins_cmd, sft_cmd, train_cmd, train_rm_cmd, score_cmd, eval_cmd, serve_cmd, feedback_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

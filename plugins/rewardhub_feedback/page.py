@@ -1,0 +1,91 @@
+"""The labelling page: plain server-rendered HTML with forms, no JavaScript and nothing fetched from elsewhere.
+
+Rendering on the server keeps the page working on a locked-down annotation machine (no CDN, scripts
+disabled) and makes what the annotator sees testable: the page is the next open queue item, escaped, with one
+button per rating (or "A is better" / "B is better"), a skip link, and the annotator's name carried in the
+URL so several people can label the same store without seeing their own finished items again.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlencode
+
+from .store import QueueItem
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 70rem; padding: 1rem; color: #222; }
+header { display: flex; justify-content: space-between; align-items: center; gap: 1rem; flex-wrap: wrap; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f5f5f5; padding: .75rem; border-radius: 4px;
+      margin: .25rem 0 1rem; font-size: 1rem; min-height: 1.2rem; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+button { font-size: 1rem; padding: .5rem 1rem; margin: .2rem; cursor: pointer; }
+.error { background: #fee; border: 1px solid #c00; padding: .5rem; }
+.muted { color: #666; font-size: .9rem; }
+"""
+
+
+def _url(annotator: str, after: int = 0) -> str:
+    query = {k: v for k, v in (("annotator", annotator), ("after", after)) if v}
+    return "/" + (f"?{urlencode(query)}" if query else "")
+
+
+def _hidden(item: QueueItem, annotator: str) -> str:
+    return (f'<input type="hidden" name="item" value="{item.id}">'
+            f'<input type="hidden" name="annotator" value="{escape(annotator)}">')
+
+
+def _rating_controls(scale: tuple[float, float]) -> str:
+    """One button per point when the scale is a short integer range (1..5, 0..10); otherwise a number box."""
+    lo, hi = scale
+    if lo.is_integer() and hi.is_integer() and hi - lo <= 10:
+        points = range(int(lo), int(hi) + 1)
+        return "".join(f'<button name="score" value="{p}">{p}</button>' for p in points)
+    return (f'<input type="number" name="score" min="{lo:g}" max="{hi:g}" step="any" required> '
+            '<button>Rate</button>')
+
+
+def _item_html(item: QueueItem, annotator: str, scale: tuple[float, float]) -> str:
+    head = (f'<p class="muted">item #{item.id} ({item.kind}; {item.labels} of {item.required} label(s); '
+            f'source {escape(item.source or "-")})</p><h3>Prompt</h3><pre>{escape(item.prompt)}</pre>')
+    if item.kind == "rating":
+        body = (f"<h3>Completion</h3><pre>{escape(item.completion_a)}</pre>"
+                f'<form method="post" action="/label">{_hidden(item, annotator)}'
+                f"<p>How good is this completion? ({scale[0]:g} = worst, {scale[1]:g} = best)</p>"
+                f"{_rating_controls(scale)}</form>")
+    else:
+        body = (f'<div class="pair"><div><h3>A</h3><pre>{escape(item.completion_a)}</pre></div>'
+                f'<div><h3>B</h3><pre>{escape(item.completion_b)}</pre></div></div>'
+                f'<form method="post" action="/label">{_hidden(item, annotator)}<p>Which reply is better?</p>'
+                '<button name="choice" value="a">A is better</button>'
+                '<button name="choice" value="b">B is better</button></form>')
+    skip = f'<p><a href="{escape(_url(annotator, item.id))}">Skip this item</a> (it stays in the queue)</p>'
+    return head + body + skip
+
+
+def render_page(item: QueueItem | None, annotator: str, after: int, scale: tuple[float, float],
+                counts: dict, error: str = "") -> str:
+    """The whole page for ``annotator``: the item to label (or why there is none) and the queue's counts."""
+    who = escape(annotator)
+    if item is not None:
+        main = _item_html(item, annotator, scale)
+    elif after:
+        main = (f"<p>No open item after #{after} that you have not labelled. "
+                f'<a href="{escape(_url(annotator))}">Go back to the items you skipped</a>.</p>')
+    else:
+        main = ("<p>Nothing to label: the queue has no open item you have not labelled. Items arrive when a "
+                "training run with <code>--reward=human</code> meets unrated completions, or through "
+                "<code>POST /api/queue</code>.</p>")
+    notice = f'<p class="error">{escape(error)}</p>' if error else ""
+    anonymous = "" if annotator else '<p class="muted">Labels are stored as anonymous until you give a name.</p>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rewardhub feedback</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<body><header><h2>rewardhub feedback</h2>
+<form method="get" action="/"><label>Annotator <input name="annotator" value="{who}"
+ placeholder="your name"></label> <button>Use this name</button></form></header>
+<p class="muted">{counts["queue_open"]} open item(s), {counts["ratings"]} rating(s), {counts["comparisons"]}
+ comparison(s) in {escape(str(counts["path"]))}</p>
+{anonymous}{notice}{main}
+</body></html>
+"""

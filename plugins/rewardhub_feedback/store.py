@@ -1,0 +1,463 @@
+"""The human-feedback store: comparisons, ratings and a labelling queue in one SQLite file.
+
+Who writes what:
+
+- annotators, through the HTTP API or the labelling page: ratings ("this completion is worth 4 of 5") and
+  comparisons ("A is better than B");
+- a training run (the ``human`` provider): queue items for completions nobody has labelled yet;
+- ``rewardhub feedback import``: comparisons from a TRL preference dataset.
+
+Who reads what: DPO reads :meth:`FeedbackStore.pairs` (one pair per labelled (prompt, A, B), by majority
+vote); PPO/GRPO read :meth:`FeedbackStore.ratings_for` (the mean rating over annotators).
+
+One annotator gives one judgement per item: rating the same completion again, or comparing the same two
+completions again in either order, replaces that annotator's earlier label (so a mislabel can be corrected)
+and never double-counts a person. Every write is one short ``BEGIN IMMEDIATE`` transaction, validated before
+it starts, so bad input changes nothing and concurrent writers (the server and a trainer) wait for each
+other instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rewardhub.errors import DataError
+from rewardhub.rewards import PreferencePair
+
+from .schema import SCHEMA_VERSION, connect, initialise
+from .validation import (
+    check_metadata,
+    check_name,
+    check_score,
+    check_text,
+    comparison_from_row,
+    decode_field,
+)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """Something awaiting a label: a completion to rate (``kind="rating"``) or two to compare."""
+
+    id: int
+    kind: str
+    prompt: str
+    completion_a: str
+    completion_b: str
+    status: str
+    labels: int
+    required: int
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"id": self.id, "kind": self.kind, "prompt": self.prompt, "status": self.status,
+             "labels": self.labels, "required": self.required, "source": self.source}
+        d["completions"] = [self.completion_a] if self.kind == "rating" else [self.completion_a, self.completion_b]
+        return d
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: rows added, and rows that were already stored (same pair, same annotator)."""
+
+    added: int
+    duplicates: int
+
+
+_QUEUE_COLUMNS = "id, kind, prompt, completion_a, completion_b, status, labels, required, source"
+
+
+class FeedbackStore:
+    """A feedback store in the SQLite file ``path``.
+
+    Args:
+        path: the database file; created (with its directory) when missing and ``create`` is true.
+        create: False makes a missing file an error (reading commands must not invent an empty store).
+        min_score, max_score: the rating scale. A new store takes them (default 1..5); for an existing store
+            they must match its scale, or be left None.
+        timeout_s: how long a write waits for another process's write to finish.
+
+    Safe to share between threads: each thread gets its own connection to the file.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, min_score: float | None = None,
+                 max_score: float | None = None, timeout_s: float = 30.0):
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            if not create:
+                raise DataError(f"no feedback store at {self.path}; create one with `rewardhub feedback import "
+                                f"PAIRS --db {self.path}` or `rewardhub feedback serve --db {self.path}`")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self.scale = initialise(self._conn(), self.path, min_score, max_score)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions ------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.timeout_s)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken up front (IMMEDIATE) so it never fails half-way on a lock upgrade."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this store opened (call when no thread is using it any more)."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- comparisons -----------------------------------------------------------------------------------------
+
+    def add_comparison(self, prompt: Any, chosen: Any, rejected: Any, annotator: str = "", source: str = "api",
+                       metadata: Mapping[str, Any] | None = None) -> int:
+        """Store "``chosen`` beats ``rejected``" from ``annotator``; returns the row id.
+
+        Prompt and replies are strings, or TRL conversational message lists. Raises DataError for an empty
+        field or chosen == rejected.
+        """
+        row = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "annotator": annotator,
+               "source": source, "metadata": metadata}
+        record = comparison_from_row(row, "comparison", "", "api")
+        with self._write() as conn:
+            return self._insert_comparison(conn, record)[0]
+
+    def add_comparisons(self, rows: Iterable[Mapping[str, Any]], annotator: str = "", source: str = "import",
+                        where: str = "row") -> ImportResult:
+        """Store many preference rows (TRL format) in one transaction: all of them, or none if one is bad.
+
+        ``annotator``/``source`` apply to rows without their own; other columns go to the metadata. Errors
+        name rows as ``f"{where} {index}"``.
+        """
+        return self._import(((f"{where} {i}", row) for i, row in enumerate(rows)), annotator, source)
+
+    def import_jsonl(self, path: str | Path, annotator: str = "", source: str | None = None) -> ImportResult:
+        """Import a JSONL file of preference rows (TRL format, or a raw export); errors name the line.
+
+        ``source`` defaults to the file name, so a later ``stats``/export tells imports apart.
+        """
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+        rows, problems = [], []
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path.name} line {n}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path.name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})")
+        if problems:
+            _raise_problems(problems, "line(s) that are not JSON")
+        if not rows:
+            raise DataError(f"{path} has no preference rows; expected JSON lines with prompt, chosen and rejected")
+        return self._import(rows, annotator, path.name if source is None else source)
+
+    def _import(self, rows: Iterable[tuple[str, Any]], annotator: str, source: str) -> ImportResult:
+        annotator = check_name(annotator, "annotator", "import")
+        source = check_name(source, "source", "import")
+        records, problems = [], []
+        for where, row in rows:
+            try:
+                records.append(comparison_from_row(row, where, annotator, source))
+            except DataError as exc:
+                problems.append(str(exc))
+        if problems:
+            _raise_problems(problems, "bad preference row(s)")
+        added = 0
+        with self._write() as conn:
+            for record in records:
+                added += self._insert_comparison(conn, record)[1]
+        return ImportResult(added, len(records) - added)
+
+    def export_jsonl(self, path: str | Path, raw: bool = False) -> int:
+        """Write :meth:`export_rows` to ``path`` (atomically: a temporary file renamed); returns the row count."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        n = 0
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in self.export_rows(raw):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(path)
+        return n
+
+    def _insert_comparison(self, conn: sqlite3.Connection, r: Mapping[str, Any]) -> tuple[int, bool]:
+        """Insert one validated record; (row id, whether it is new). Replaces the annotator's reverse vote."""
+        key = (r["format"], r["prompt"], r["chosen"], r["rejected"], r["annotator"])
+        existing = conn.execute("SELECT id FROM comparisons WHERE format = ? AND prompt = ? AND chosen = ? AND "
+                                "rejected = ? AND annotator = ?", key).fetchone()
+        if existing:
+            return existing[0], False
+        conn.execute("DELETE FROM comparisons WHERE format = ? AND prompt = ? AND chosen = ? AND rejected = ? "
+                     "AND annotator = ?", (r["format"], r["prompt"], r["rejected"], r["chosen"], r["annotator"]))
+        cur = conn.execute(
+            "INSERT INTO comparisons (format, prompt, chosen, rejected, annotator, created_at, source, metadata) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*key, r["created_at"] if r["created_at"] is not None else time.time(), r["source"], r["metadata"]))
+        if r["format"] == "text":
+            self._close_queue_items(conn, "comparison", r["prompt"], r["chosen"], r["rejected"])
+        return cur.lastrowid, True
+
+    def comparison_votes(self, prompt: str, a: str, b: str) -> tuple[int, int]:
+        """(annotators who preferred ``a`` over ``b``, annotators who preferred ``b``) for plain-text items."""
+        rows = self._conn().execute(
+            "SELECT chosen = ?, COUNT(*) FROM comparisons WHERE format = 'text' AND prompt = ? AND "
+            "((chosen = ? AND rejected = ?) OR (chosen = ? AND rejected = ?)) GROUP BY chosen = ?",
+            (a, prompt, a, b, b, a, a)).fetchall()
+        votes = dict(rows)
+        return int(votes.get(1, 0)), int(votes.get(0, 0))
+
+    def pairs(self) -> list[PreferencePair]:
+        """One preference pair per labelled (prompt, {A, B}), in the direction most annotators chose.
+
+        Duplicates collapse into one pair; a pair whose votes are split evenly is left out (no majority, no
+        preference). ``meta`` carries ``votes`` (for the majority) and ``against``.
+        """
+        rows = self._conn().execute(
+            "SELECT format, prompt, chosen, rejected, COUNT(*), MIN(id) FROM comparisons "
+            "GROUP BY format, prompt, chosen, rejected ORDER BY MIN(id)").fetchall()
+        votes = {(f, p, c, r): n for f, p, c, r, n, _ in rows}
+        out = []
+        for f, p, c, r, n, _ in rows:
+            against = votes.get((f, p, r, c), 0)
+            if n > against:
+                meta = {"votes": n, "against": against}
+                out.append(PreferencePair(decode_field(f, p), decode_field(f, c), decode_field(f, r), meta=meta))
+        return out
+
+    # -- ratings ---------------------------------------------------------------------------------------------
+
+    def add_rating(self, prompt: str, completion: str, score: Any, annotator: str = "", source: str = "api",
+                   metadata: Mapping[str, Any] | None = None) -> int:
+        """Store ``annotator``'s rating of a completion (replacing their earlier one); returns the row id.
+
+        An empty completion may be rated (a policy can produce one; it deserves a low score); the prompt must
+        not be empty, and the score must lie on the store's scale.
+        """
+        where = "rating"
+        prompt = check_text(prompt, "prompt", where)
+        completion = check_text(completion, "completion", where, allow_empty=True)
+        value = check_score(score, self.scale, where)
+        values = (prompt, completion, value, check_name(annotator, "annotator", where), time.time(),
+                  check_name(source, "source", where), check_metadata(metadata, where))
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO ratings (prompt, completion, score, annotator, created_at, source, metadata) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (prompt, completion, annotator) DO UPDATE SET "
+                "score = excluded.score, created_at = excluded.created_at, source = excluded.source, "
+                "metadata = excluded.metadata", values)
+            row_id = conn.execute("SELECT id FROM ratings WHERE prompt = ? AND completion = ? AND annotator = ?",
+                                  (values[0], values[1], values[3])).fetchone()[0]
+            self._close_queue_items(conn, "rating", prompt, completion, "")
+        return row_id
+
+    def rating(self, prompt: str, completion: str) -> tuple[float, int] | None:
+        """(mean score over annotators, number of annotators), or None when nobody rated it."""
+        return self.ratings_for([(prompt, completion)]).get((prompt, completion))
+
+    def ratings_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[float, int]]:
+        """Mean rating and count for each rated (prompt, completion) among ``keys``; unrated ones are absent."""
+        conn, out = self._conn(), {}
+        for key in dict.fromkeys(keys):
+            mean, n = conn.execute("SELECT AVG(score), COUNT(*) FROM ratings WHERE prompt = ? AND completion = ?",
+                                   key).fetchone()
+            if n:
+                out[key] = (float(mean), int(n))
+        return out
+
+    # -- the labelling queue ---------------------------------------------------------------------------------
+
+    def enqueue(self, prompt: str, completions: Sequence[str], source: str = "api", required: int = 1,
+                metadata: Mapping[str, Any] | None = None) -> int:
+        """Ask annotators to rate one completion, or compare two; returns the queue item id.
+
+        An identical open item (same prompt and completions, in either order) is reused, so a trainer that
+        meets the same unlabelled completion twice does not queue it twice.
+        """
+        return self.enqueue_many([(prompt, completions)], source, required, metadata)[0]
+
+    def enqueue_many(self, items: Sequence[tuple[str, Sequence[str]]], source: str = "trainer", required: int = 1,
+                     metadata: Mapping[str, Any] | None = None) -> list[int]:
+        """:meth:`enqueue` for several items in one transaction (all validated first)."""
+        name = (lambda i: f"queue item {i}") if len(items) > 1 else (lambda i: "queue item")
+        checked = [self._queue_values(prompt, completions, name(i)) for i, (prompt, completions) in enumerate(items)]
+        if isinstance(required, bool) or not isinstance(required, int) or required < 1:
+            raise DataError(f"queue: `required` (labels needed to close an item) must be an integer >= 1, got "
+                            f"{required!r}")
+        source = check_name(source, "source", "queue")
+        meta = check_metadata(metadata, "queue")
+        ids = []
+        with self._write() as conn:
+            for kind, prompt, a, b in checked:
+                found = conn.execute(
+                    f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE status = 'open' AND kind = ? AND prompt = ? AND "
+                    "((completion_a = ? AND completion_b = ?) OR (completion_a = ? AND completion_b = ?))",
+                    (kind, prompt, a, b, b, a)).fetchone()
+                if found:
+                    ids.append(found[0])
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO queue (kind, prompt, completion_a, completion_b, required, created_at, source, "
+                    "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (kind, prompt, a, b, required, time.time(),
+                                                                  source, meta))
+                ids.append(cur.lastrowid)
+                self._close_queue_items(conn, kind, prompt, a, b)  # already labelled: done at once
+        return ids
+
+    @staticmethod
+    def _queue_values(prompt: Any, completions: Any, where: str) -> tuple[str, str, str, str]:
+        if isinstance(completions, str) or not isinstance(completions, Sequence) or len(completions) not in (1, 2):
+            raise DataError(f"{where}: `completions` must be a list of one completion (to rate) or two (to "
+                            f"compare), got {completions!r:.80}")
+        prompt = check_text(prompt, "prompt", where)
+        texts = [check_text(c, f"completions[{i}]", where, allow_empty=len(completions) == 1)
+                 for i, c in enumerate(completions)]
+        if len(texts) == 2 and texts[0] == texts[1]:
+            raise DataError(f"{where}: the two completions are identical; there is nothing to compare")
+        if len(texts) == 1:
+            return "rating", prompt, texts[0], ""
+        return "comparison", prompt, texts[0], texts[1]
+
+    def _close_queue_items(self, conn: sqlite3.Connection, kind: str, prompt: str, a: str, b: str) -> None:
+        """Recount the labels of open queue items with this content; items with enough labels are done."""
+        if kind == "rating":
+            labels = conn.execute("SELECT COUNT(*) FROM ratings WHERE prompt = ? AND completion = ?",
+                                  (prompt, a)).fetchone()[0]
+            match, args = "completion_a = ? AND completion_b = ''", (a,)
+        else:
+            labels = conn.execute(
+                "SELECT COUNT(DISTINCT annotator) FROM comparisons WHERE format = 'text' AND prompt = ? AND "
+                "((chosen = ? AND rejected = ?) OR (chosen = ? AND rejected = ?))", (prompt, a, b, b, a)).fetchone()[0]
+            match, args = "((completion_a = ? AND completion_b = ?) OR (completion_a = ? AND completion_b = ?))", (
+                a, b, b, a)
+        conn.execute(f"UPDATE queue SET labels = ?, status = CASE WHEN ? >= required THEN 'done' ELSE 'open' END "
+                     f"WHERE status = 'open' AND kind = ? AND prompt = ? AND {match}",
+                     (labels, labels, kind, prompt, *args))
+
+    def next_open(self, annotator: str = "", after: int = 0) -> QueueItem | None:
+        """The oldest open item (id > ``after``) that ``annotator`` has not labelled yet, or None."""
+        annotator = check_name(annotator, "annotator", "next item")
+        row = self._conn().execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM queue q WHERE status = 'open' AND id > ? AND NOT EXISTS ("
+            "  SELECT 1 FROM ratings r WHERE q.kind = 'rating' AND r.prompt = q.prompt AND "
+            "  r.completion = q.completion_a AND r.annotator = ?) AND NOT EXISTS ("
+            "  SELECT 1 FROM comparisons c WHERE q.kind = 'comparison' AND c.format = 'text' AND "
+            "  c.prompt = q.prompt AND c.annotator = ? AND ((c.chosen = q.completion_a AND "
+            "  c.rejected = q.completion_b) OR (c.chosen = q.completion_b AND c.rejected = q.completion_a))) "
+            "ORDER BY id LIMIT 1", (int(after), annotator, annotator)).fetchone()
+        return QueueItem(*row) if row else None
+
+    def get_item(self, item_id: int) -> QueueItem:
+        row = self._conn().execute(f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (int(item_id),)).fetchone()
+        if row is None:
+            raise DataError(f"queue item {item_id} does not exist; fetch one from /api/next")
+        return QueueItem(*row)
+
+    def label_item(self, item_id: int, annotator: str, *, score: Any = None, choice: str | None = None) -> int:
+        """Label queue item ``item_id``: a ``score`` for a rating item, ``choice`` "a" or "b" for a comparison."""
+        item = self.get_item(item_id)
+        if item.kind == "rating":
+            if score is None:
+                raise DataError(f"queue item {item_id} asks for a rating; send a `score` on the scale "
+                                f"{self.scale[0]:g}..{self.scale[1]:g}")
+            return self.add_rating(item.prompt, item.completion_a, score, annotator, source="queue")
+        if choice not in ("a", "b"):
+            raise DataError(f"queue item {item_id} asks for a comparison; send choice `a` or `b`, got {choice!r}")
+        win, lose = (item.completion_a, item.completion_b) if choice == "a" else (item.completion_b,
+                                                                                   item.completion_a)
+        return self.add_comparison(item.prompt, win, lose, annotator, source="queue")
+
+    def queue_counts(self) -> dict[str, int]:
+        rows = dict(self._conn().execute("SELECT status, COUNT(*) FROM queue GROUP BY status").fetchall())
+        return {"open": int(rows.get("open", 0)), "done": int(rows.get("done", 0))}
+
+    # -- import / export / stats -----------------------------------------------------------------------------
+
+    def export_rows(self, raw: bool = False) -> Iterator[dict[str, Any]]:
+        """Rows in TRL's preference format.
+
+        Default: :meth:`pairs` (one row per pair, majority direction) with ``prompt``, ``chosen``,
+        ``rejected``: what DPO or ``train-rm`` train on. ``raw``: every stored comparison with its annotator,
+        created_at, source and metadata, a lossless backup that :meth:`add_comparisons` reads back.
+        """
+        if not raw:
+            for p in self.pairs():
+                yield {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+            return
+        cur = self._conn().execute("SELECT format, prompt, chosen, rejected, annotator, created_at, source, "
+                                   "metadata FROM comparisons ORDER BY id")
+        for f, p, c, r, annotator, created, source, meta in cur:
+            yield {"prompt": decode_field(f, p), "chosen": decode_field(f, c), "rejected": decode_field(f, r),
+                   "annotator": annotator, "created_at": created, "source": source,
+                   "metadata": json.loads(meta) if meta else None}
+
+    def counts(self) -> dict[str, int]:
+        """Cheap counts for the labelling page (no grouping, unlike :meth:`stats`)."""
+        conn = self._conn()
+        return {"comparisons": conn.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0],
+                "ratings": conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0],
+                "queue_open": self.queue_counts()["open"], "path": str(self.path)}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for `rewardhub feedback stats` and ``GET /api/stats``."""
+        conn = self._conn()
+        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731 - a local shorthand
+        groups = conn.execute("SELECT format, prompt, chosen, rejected, COUNT(*) FROM comparisons "
+                              "GROUP BY format, prompt, chosen, rejected").fetchall()
+        votes = {(f, p, c, r): n for f, p, c, r, n in groups}
+        pairs = sum(1 for (f, p, c, r), n in votes.items() if n > votes.get((f, p, r, c), 0))
+        split = sum(1 for (f, p, c, r), n in votes.items() if n == votes.get((f, p, r, c), 0)) // 2
+        annotators = one("SELECT COUNT(*) FROM (SELECT annotator FROM comparisons UNION SELECT annotator FROM ratings)")
+        queue = self.queue_counts()
+        return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "scale": list(self.scale),
+                "comparisons": one("SELECT COUNT(*) FROM comparisons"), "pairs": pairs, "split_pairs": split,
+                "prompts": one("SELECT COUNT(DISTINCT prompt) FROM comparisons"),
+                "ratings": one("SELECT COUNT(*) FROM ratings"),
+                "rated_completions": one("SELECT COUNT(*) FROM (SELECT 1 FROM ratings GROUP BY prompt, completion)"),
+                "annotators": annotators, "queue_open": queue["open"], "queue_done": queue["done"]}
+
+
+def _raise_problems(problems: list[str], what: str) -> None:
+    shown = "\n  - ".join(problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    raise DataError(f"{len(problems)} {what}; nothing was imported. Fix them and import again:\n  - {shown}{more}")

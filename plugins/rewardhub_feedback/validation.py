@@ -1,0 +1,174 @@
+"""Checking feedback before it is stored: every rule lives here so the store, the HTTP API, the labelling page
+and the JSONL import reject the same input with the same message.
+
+A stored label is expensive (a person spent time on it), so bad input is refused *before* a transaction
+starts, with a :class:`~rewardhub.errors.DataError` that names the row or field and says what to fix; nothing
+already stored is touched.
+
+Texts are plain strings, or (comparisons only) TRL's conversational form: a list of ``{"role", "content"}``
+messages. A comparison whose prompt, chosen or rejected is a message list is stored in the ``chat`` format:
+each of the three fields as canonical JSON, so equal conversations compare equal in SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from rewardhub.errors import DataError
+
+#: Columns of a raw export row that the import maps back to their own store columns (the rest is metadata).
+RECORD_KEYS = ("annotator", "created_at", "source", "metadata")
+MAX_NAME = 200
+
+
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "...'"
+
+
+def is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, Mapping) for m in value)
+
+
+def check_messages(value: list, field: str, where: str) -> list[dict[str, str]]:
+    """A conversational field: non-empty list of ``{"role": str, "content": str}``; returns plain dicts."""
+    out = []
+    for i, m in enumerate(value):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role.strip() or not isinstance(content, str):
+            raise DataError(f"{where}: `{field}` message {i} needs a non-empty string `role` and a string "
+                            f"`content`, got {_short(dict(m))}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def check_text(value: Any, field: str, where: str, *, allow_empty: bool = False, allow_chat: bool = False):
+    """A prompt or completion: a string with visible content (or, with ``allow_chat``, a message list)."""
+    if isinstance(value, str):
+        if not allow_empty and not value.strip():
+            raise DataError(f"{where}: `{field}` is empty; give the text that was shown to the annotator")
+        return value
+    if allow_chat and is_messages(value):
+        return check_messages(value, field, where)
+    kind = "a string or a list of {role, content} messages" if allow_chat else "a string"
+    raise DataError(f"{where}: `{field}` must be {kind}, got {type(value).__name__} {_short(value)}")
+
+
+def check_name(value: Any, field: str, where: str) -> str:
+    """An annotator or source tag: a short string ("" = anonymous / unspecified)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_NAME or "\n" in value:
+        raise DataError(f"{where}: `{field}` must be a one-line string of at most {MAX_NAME} characters, "
+                        f"got {_short(value)}")
+    return value.strip()
+
+
+def check_metadata(value: Any, where: str) -> str | None:
+    """Optional metadata: a JSON object, stored as canonical JSON text."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise DataError(f"{where}: `metadata` must be a JSON object, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: `metadata` is not JSON-serialisable ({exc})") from None
+
+
+def check_score(value: Any, scale: tuple[float, float], where: str) -> float:
+    """A rating on the store's scale ``[min, max]`` (inclusive); numeric strings (form posts) are accepted."""
+    lo, hi = scale
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise DataError(f"{where}: `score` {value!r} is not a number; rate on the scale {lo:g}..{hi:g}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: `score` must be a number on the scale {lo:g}..{hi:g}, got {_short(value)}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise DataError(f"{where}: `score` {value!r} is outside this store's rating scale {lo:g}..{hi:g}; "
+                        "rate within the scale (it is fixed when the store is created)")
+    return float(value)
+
+
+def check_scale(lo: float, hi: float) -> tuple[float, float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise DataError(f"the rating scale needs finite min_score < max_score, got {lo!r}..{hi!r}")
+    return float(lo), float(hi)
+
+
+def encode_pair(prompt: Any, chosen: Any, rejected: Any, where: str) -> tuple[str, str, str, str]:
+    """Validate one comparison and return ``(format, prompt, chosen, rejected)`` as stored.
+
+    Raises DataError for an empty field, a wrong type, or chosen == rejected (a tie or a self-pair carries
+    no preference: DPO would learn nothing from it and reject it anyway).
+    """
+    p = check_text(prompt, "prompt", where, allow_chat=True)
+    c = check_text(chosen, "chosen", where, allow_chat=True)
+    r = check_text(rejected, "rejected", where, allow_chat=True)
+    if c == r:
+        raise DataError(f"{where}: chosen and rejected are the same text ({_short(c)}); a tie or self-pair "
+                        "carries no preference. Store only pairs where one reply was preferred")
+    if isinstance(p, str) and isinstance(c, str) and isinstance(r, str):
+        return "text", p, c, r
+    if not isinstance(p, list):
+        raise DataError(f"{where}: chosen/rejected are message lists but the prompt is a string; give the "
+                        "prompt as a message list too (TRL's conversational format)")
+    return "chat", *(json.dumps(v, sort_keys=True, ensure_ascii=False) for v in (p, c, r))
+
+
+def decode_field(fmt: str, value: str):
+    """Inverse of :func:`encode_pair` for one field."""
+    return json.loads(value) if fmt == "chat" else value
+
+
+def split_implicit_prompt(row: Mapping[str, Any], where: str) -> tuple[Any, Any, Any]:
+    """TRL's implicit-prompt rows (no ``prompt``; chosen/rejected are whole conversations): the shared
+    leading messages are the prompt, the rest are the replies."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if not (is_messages(chosen) and is_messages(rejected)):
+        raise DataError(f"{where}: no `prompt`; a preference row needs prompt, chosen and rejected (or, "
+                        f"conversational, chosen/rejected conversations sharing their first messages); "
+                        f"the row has {sorted(row)}")
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise DataError(f"{where}: no `prompt`, and the chosen and rejected conversations share no leading "
+                        "message to use as the prompt; add a `prompt` column")
+    return list(chosen[:n]), list(chosen[n:]), list(rejected[n:])
+
+
+def comparison_from_row(row: Any, where: str, annotator: str, source: str) -> dict[str, Any]:
+    """A preference row (TRL format, or a raw export row) -> the store's column values, validated.
+
+    Known columns: prompt, chosen, rejected; from a raw export also annotator, created_at, source, metadata.
+    Any other column (``answer``, ``margin``, ...) is kept in metadata so an export gives it back.
+    """
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: expected a JSON object with prompt/chosen/rejected, got {type(row).__name__}")
+    if "prompt" in row and row["prompt"] is not None:
+        prompt, chosen, rejected = row["prompt"], row.get("chosen"), row.get("rejected")
+    else:
+        prompt, chosen, rejected = split_implicit_prompt(row, where)
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is None:
+            raise DataError(f"{where}: `{key}` is missing; the row has {sorted(row)}")
+    fmt, p, c, r = encode_pair(prompt, chosen, rejected, where)
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", *RECORD_KEYS)}
+    meta = row.get("metadata")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise DataError(f"{where}: `metadata` must be a JSON object, got {type(meta).__name__}")
+    merged = {**extra, **(meta or {})} or None
+    created = row.get("created_at")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+        raise DataError(f"{where}: `created_at` must be a unix time in seconds, got {_short(created)}")
+    own_annotator, own_source = row.get("annotator"), row.get("source")
+    return {"format": fmt, "prompt": p, "chosen": c, "rejected": r,
+            "annotator": check_name(annotator if own_annotator is None else own_annotator, "annotator", where),
+            "source": check_name(source if own_source is None else own_source, "source", where),
+            "metadata": check_metadata(merged, where), "created_at": created}

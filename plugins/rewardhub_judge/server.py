@@ -1,0 +1,259 @@
+"""A small OpenAI-compatible server for a local transformers causal LM (``rewardhub serve``).
+
+It serves ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming, ``n=1``; messages rendered with
+the tokenizer's chat template; ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``; usage counts)
+and ``GET /health``, so the ``judge`` reward (or any OpenAI client) can use a local model with no network.
+It is meant for a judge during training and for tests, not as a production server: requests are answered
+one generation at a time (one model, one lock), and it has no batching or streaming. vLLM and SGLang serve
+the same API at scale.
+
+:class:`ServerThread` runs any ASGI app on a daemon thread (tests, examples, notebooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+#: ``max_tokens`` when a request gives none (OpenAI's own default depends on the model).
+DEFAULT_MAX_TOKENS = 256
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The fields of an OpenAI chat request this server honours; others are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Message]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int = 1
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class RequestError(Exception):
+    """A request the server refuses, answered as an OpenAI-style error body with ``status``."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", retry: bool = False):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.retry = status, message, kind, retry
+
+
+class LocalModel:
+    """A causal LM and its tokenizer behind a lock: chat messages in, text and token counts out."""
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        if not self.has_template:
+            log.warning("tokenizer of %s has no chat template; messages are joined as 'role: content' lines", name)
+
+    def render(self, messages: list[Message]) -> str:
+        turns = [{"role": m.role, "content": _text(m.content)} for m in messages]
+        if self.has_template:
+            try:
+                return self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:  # e.g. a template that rejects the system role
+                raise RequestError(400, f"the chat template rejected the messages: {exc}") from exc
+        return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant: "
+
+    def complete(self, request: ChatRequest) -> dict[str, Any]:
+        """Generate one reply; raises :class:`RequestError` for requests it cannot serve."""
+        import torch
+
+        if request.stream:
+            raise RequestError(400, "stream=true is not supported by rewardhub serve; send stream=false")
+        if request.n != 1:
+            raise RequestError(400, f"n={request.n} is not supported by rewardhub serve; send n=1")
+        max_new = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
+        if max_new < 1:
+            raise RequestError(400, f"max_tokens must be >= 1, got {max_new}")
+        text = self.render(request.messages)
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        temperature = 1.0 if request.temperature is None else request.temperature
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": request.top_p or 1.0} \
+            if temperature > 0 else {"do_sample": False}
+        with self.lock:  # one model: generations run one at a time
+            self.requests += 1
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            try:
+                device = next(self.model.parameters()).device
+                with torch.no_grad():
+                    out = self.model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                                              max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id,
+                                              eos_token_id=self.tokenizer.eos_token_id, **sampling)
+            except Exception as exc:
+                # a 500 the client should not retry: the same request would fail the same way
+                raise RequestError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
+        new = out[0, ids.shape[1]:].tolist()
+        eos = self.tokenizer.eos_token_id
+        finish = "length"
+        if eos in new:
+            new, finish = new[:new.index(eos) + 1], "stop"
+        reply = self.tokenizer.decode(new, skip_special_tokens=True)
+        reply, stopped = _cut_at_stop(reply, request.stop)
+        return _completion(self.name, reply, "stop" if stopped else finish, ids.shape[1], len(new))
+
+
+def create_app(local: LocalModel, api_key: str | None = None):
+    """The FastAPI app serving ``local`` under the OpenAI paths; with ``api_key``, requests need that bearer token."""
+    app = FastAPI(title="rewardhub serve", description=f"OpenAI-compatible API for {local.name}")
+    app.state.local = local
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1") and \
+                request.headers.get("authorization") != f"Bearer {api_key}":
+            return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
+        return await call_next(request)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": local.name, "requests": local.requests}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": local.name, "object": "model", "created": 0,
+                                            "owned_by": "rewardhub"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: ChatRequest):  # sync: runs in the thread pool, generation holds the lock
+        if request.model != local.name:
+            return _error(404, f"The model {request.model!r} does not exist; this server serves {local.name!r}",
+                          code="model_not_found")
+        try:
+            return JSONResponse(local.complete(request))
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.kind, retry=exc.retry)
+
+    return app
+
+
+def load_local_model(path: str, name: str | None = None, dtype: str = "auto", device: str | None = None) -> LocalModel:
+    """Load a causal LM and tokenizer with ``from_pretrained`` (rewardhub's loaders) for serving."""
+    import torch
+
+    from rewardhub.models import load_model, load_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=dtype, device=device, tokenizer=tokenizer)
+    model.eval().requires_grad_(False)
+    return LocalModel(model, tokenizer, name or path)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on ``host:port`` (port 0: a free one, read back with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def make_server(app, log_level: str = "warning"):
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False))
+
+
+class ServerThread:
+    """Serve an ASGI app on ``host:port`` from a daemon thread; ``url`` is its ``/v1`` base URL.
+
+    Usable as a context manager: the server is up inside the block and shut down (and joined) after it.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.sock = bind_socket(host, port)
+        self.port = self.sock.getsockname()[1]
+        self.server = make_server(app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name=f"uvicorn-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server on {self.url} did not start within {timeout:g}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    """OpenAI content: a string, or a list of parts of which the ``text`` ones are kept."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(str(part.get("text", "")) for part in content if part.get("type", "text") == "text")
+
+
+def _cut_at_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def _completion(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
+                     "logprobs": None}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+           retry: bool = False) -> JSONResponse:
+    """An OpenAI-style error body; ``x-should-retry`` tells OpenAI clients whether retrying can help."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                        status_code=status, headers={"x-should-retry": "true" if retry else "false"})

@@ -1,0 +1,444 @@
+"""The ``judge`` reward (RLAIF) and ``rewardhub serve``.
+
+A scripted OpenAI-compatible server, defined here, stands for the external judge: its replies are computed
+from the request (the score is the number of 7s in the judged response), and the requested model name picks a
+failure mode (503s, delays, garbage, a position-biased pairwise judge). The real server is then exercised on
+the tiny random model, and one short GRPO run trains against the scripted judge through the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from rewardhub.cli.main import main
+from rewardhub.errors import ConfigError, RewardhubError, RewardProviderError
+from rewardhub.reward_resolution import build_reward
+from rewardhub.rewards import Sample, Status
+from rewardhub.testing import check_provider
+from rewardhub_judge.parsing import VerdictError, parse_score, parse_verdict
+from rewardhub_judge.provider import JudgeReward
+from rewardhub_judge.server import ServerThread, create_app, load_local_model
+
+# -------------------------------------------------------------------------------------------------------------
+# Parsing
+# -------------------------------------------------------------------------------------------------------------
+
+SCORES = [
+    ("SCORE: 7", 7.0),
+    ("Good answer.\nScore: 7/10", 7.0),
+    ("**Score:** 7.5", 7.5),
+    ("Rating: [[8]]", 8.0),
+    ("- **Final score**: 9", 9.0),
+    ("score = 4", 4.0),
+    ("SCORE: 3\nOn reflection, the proof is complete.\nSCORE: 6", 6.0),  # last line wins
+    ("SCORE: 8\nA score of 10 would need a proof.", 8.0),  # a line-start SCORE beats a mention in prose
+    ("I would give it a score of 6 out of 10.", 6.0),  # no line-start form: the keyword anywhere
+    ("My rating is 2.", 2.0),
+    ("score: 10", 10.0),
+    ("Score: 1", 1.0),
+]
+BAD_SCORES = [
+    ("", "no score"),
+    ("The response is great, I'd say 9.", "no score"),
+    ("SCORE: n", "no score"),
+    ("SCORE: eight", "no score"),
+    ("SCORE: 11", "outside the scale 1-10"),
+    ("SCORE: 0", "outside the scale 1-10"),
+    ("SCORE: -3", "outside the scale 1-10"),
+    ("Score: 4/5", "but the scale is 1-10"),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), SCORES)
+def test_parse_score_reads_the_usual_formats(reply, expected):
+    assert parse_score(reply, 1, 10) == expected
+
+
+@pytest.mark.parametrize(("reply", "why"), BAD_SCORES)
+def test_parse_score_rejects_missing_and_out_of_range(reply, why):
+    with pytest.raises(VerdictError, match=why) as info:
+        parse_score(reply, 1, 10)
+    assert reply[:20] in str(info.value)  # the reply is quoted for the user
+
+
+def test_parse_score_quotes_a_long_reply_truncated():
+    with pytest.raises(VerdictError) as info:
+        parse_score("blah " * 500, 1, 10)
+    assert len(str(info.value)) < 300 and str(info.value).endswith("...'")
+
+
+def test_parse_score_other_scales():
+    assert parse_score("SCORE: 0", 0, 1) == 0.0
+    assert parse_score("Score: 4/5", 1, 5) == 4.0
+    assert parse_score("SCORE: -2", -5, 5) == -2.0
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("WINNER: A", "A"), ("Winner: **B**", "B"), ("winner: tie", "tie"), ("Verdict: Response B", "B"),
+    ("A is clearer.\n**Better response:** A", "A"), ("[[B]]", "B"), ("[[C]]", "tie"),
+    ("WINNER: B\nWait, A handles the edge case.\nWINNER: A", "A"),
+])
+def test_parse_verdict(reply, expected):
+    assert parse_verdict(reply) == expected
+
+
+@pytest.mark.parametrize("reply", ["", "Both are fine.", "WINNER: neither", "The winner is clear"])
+def test_parse_verdict_failures(reply):
+    with pytest.raises(VerdictError, match="no verdict"):
+        parse_verdict(reply)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# A scripted OpenAI-compatible judge
+# -------------------------------------------------------------------------------------------------------------
+
+RESPONSE = re.compile(r"\[The Start of the Response\]\n(.*)\n\[The End of the Response\]", re.S)
+PAIR = re.compile(r"\[The Start of Response A\]\n(.*)\n\[The End of Response A\].*"
+                  r"\[The Start of Response B\]\n(.*)\n\[The End of Response B\]", re.S)
+MODES = ("score", "flaky", "slow", "hang", "garbage", "biased")
+
+
+@dataclass
+class Script:
+    """What the scripted judge saw: request bodies, attempts per text, requests in flight per mode."""
+
+    bodies: list = field(default_factory=list)
+    attempts: Counter = field(default_factory=Counter)
+    in_flight: Counter = field(default_factory=Counter)
+    max_in_flight: Counter = field(default_factory=Counter)
+
+
+def scripted_reply(mode: str, text: str) -> str:
+    if mode == "garbage":
+        return "I cannot grade this response."
+    pair = PAIR.search(text)
+    if pair:
+        if mode == "biased":
+            return "Both are good; the first one reads better.\nWINNER: A"
+        a, b = (s.count("7") for s in pair.groups())
+        return "WINNER: " + ("A" if a > b else "B" if b > a else "TIE")
+    sevens = RESPONSE.search(text).group(1).count("7")
+    return f"The response has {sevens} sevens.\nSCORE: {sevens}"
+
+
+def scripted_judge_app(script: Script) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "test"}
+                                           for m in MODES]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        script.bodies.append(body)
+        mode, text = body["model"], body["messages"][-1]["content"]
+        script.in_flight[mode] += 1
+        script.max_in_flight[mode] = max(script.max_in_flight[mode], script.in_flight[mode])
+        try:
+            script.attempts[text] += 1
+            if mode == "flaky" and script.attempts[text] <= 2:
+                return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503,
+                                    headers={"retry-after-ms": "10"})
+            await asyncio.sleep({"slow": 0.2, "hang": 2.0}.get(mode, 0.0))
+            content = scripted_reply(mode, text)
+        finally:
+            script.in_flight[mode] -= 1
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": mode,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(text), "completion_tokens": len(content),
+                          "total_tokens": len(text) + len(content)}}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server():
+    script = Script()
+    with ServerThread(scripted_judge_app(script)) as thread:
+        thread.script = script
+        yield thread
+
+
+@pytest.fixture
+def judge(server):
+    """Build JudgeReward against the scripted server (model "score" unless given); closed after the test."""
+    built = []
+    server.script.bodies.clear()
+    server.script.max_in_flight.clear()
+
+    def make(**options):
+        options.setdefault("model", "score")
+        provider = JudgeReward(base_url=server.url, **options)
+        built.append(provider)
+        return provider
+
+    yield make
+    for provider in built:
+        provider.close()
+
+
+def sample(completion: str, **row) -> Sample:
+    return Sample("<|user|>rendered prompt<eos><|assistant|>", completion, {"prompt": "Write some sevens.", **row})
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The provider against the scripted judge
+# -------------------------------------------------------------------------------------------------------------
+
+def test_scores_are_normalised_and_out_of_scale_is_an_error(judge, server):
+    rewards = judge()([sample("777"), sample("7" * 10), sample("no sevens"), sample("7" * 12)])
+    assert [r.status for r in rewards] == [Status.OK, Status.OK, Status.ERROR, Status.ERROR]
+    assert rewards[0].value == pytest.approx(2 / 9) and rewards[1].value == 1.0  # (3-1)/9 and (10-1)/9
+    assert "outside the scale 1-10" in rewards[2].detail and "SCORE: 0" in rewards[2].detail
+    zero_based = judge(min_score=0, max_score=10)([sample("no sevens"), sample("777")])
+    assert [r.value for r in zero_based] == [0.0, pytest.approx(0.3)]
+    assert all(r.usable for r in zero_based)
+
+
+def test_the_judge_sees_the_row_prompt_and_the_reference(judge, server):
+    judge()([sample("777", answer="42"), sample("7")])
+    with_ref, without = (b["messages"][0]["content"] for b in server.script.bodies)
+    assert "Write some sevens." in with_ref and "rendered prompt" not in with_ref  # the row's text, no chat markup
+    assert "[The Start of the Reference Answer]\n42\n" in with_ref
+    assert "Reference" not in without
+    assert server.script.bodies[0]["temperature"] == 0 and server.script.bodies[0]["max_tokens"] == 512
+
+
+def test_user_template_file_and_rubric(judge, server, tmp_path):
+    template = tmp_path / "judge.txt"
+    template.write_text("Q: {prompt}\nRef: {reference}\n[The Start of the Response]\n{completion}\n"
+                        "[The End of the Response]\nScale {min_score}-{max_score}. {rubric} {{literal}}")
+    [reward] = judge(template=str(template), rubric="Be strict.")([sample("77", answer="9")])
+    assert reward.value == pytest.approx(1 / 9)
+    assert server.script.bodies[-1]["messages"][0]["content"].endswith("Scale 1-10. Be strict. {literal}")
+
+
+def test_503s_are_retried_then_succeed_or_fail_as_error(judge, server):
+    start = time.perf_counter()
+    [ok] = judge(model="flaky", max_retries=2)([sample("7777")])
+    assert ok.status is Status.OK and ok.value == pytest.approx(3 / 9)
+    [failed] = judge(model="flaky", max_retries=1)([sample("77777")])
+    assert failed.status is Status.ERROR and "HTTP 503" in failed.detail and "2 attempts" in failed.detail
+    assert failed.value == 0.0 and not failed.usable
+    assert time.perf_counter() - start < 5
+
+
+def test_timeout_is_status_timeout(judge):
+    provider = judge(model="hang", timeout=0.3, max_retries=0)
+    start = time.perf_counter()
+    [r] = provider([sample("7")])
+    assert r.status is Status.TIMEOUT and "timed out after 0.3s" in r.detail
+    assert time.perf_counter() - start < 1.5
+    assert provider.metrics()["judge/timeouts"] == 1
+
+
+def test_unparseable_reply_is_an_error_that_quotes_it(judge):
+    provider = judge(model="garbage")
+    [r] = provider([sample("777")])
+    assert r.status is Status.ERROR and "'I cannot grade this response.'" in r.detail
+    m = provider.metrics()
+    assert m["judge/parse_failures"] == 1 and m["status/error"] == 1 and m["judge/requests"] == 1
+
+
+def test_requests_overlap_up_to_the_concurrency_limit(judge, server):
+    provider = judge(model="slow", concurrency=4)
+    start = time.perf_counter()
+    rewards = provider([sample("7" * (i % 10 + 1) + f" #{i}") for i in range(16)])
+    elapsed = time.perf_counter() - start
+    assert all(r.usable for r in rewards)
+    assert server.script.max_in_flight["slow"] == 4 and provider.metrics()["judge/max_in_flight"] == 4
+    assert elapsed < 16 * 0.2 / 2, elapsed  # serial would take 3.2 s; 4 at a time about 0.8 s
+    assert provider.metrics()["judge/latency_mean_s"] >= 0.2
+
+
+def test_identical_samples_are_judged_once(judge, server):
+    provider = judge()
+    first = provider([sample("77"), sample("77"), sample("777")])
+    again = provider([sample("77")])
+    assert len(server.script.bodies) == 2
+    assert first[0] == first[1] == again[0]
+    m = provider.metrics()
+    assert m["judge/cache_hits"] == 2 and m["judge/requests"] == 2 and m["status/ok"] == 4
+    uncached = judge(cache=False)
+    uncached([sample("77"), sample("77")])
+    uncached([sample("77")])
+    assert uncached.metrics()["judge/requests"] == 3
+
+
+def test_failures_are_not_cached(judge):
+    provider = judge(model="garbage")
+    provider([sample("7")])
+    provider([sample("7")])
+    assert provider.metrics()["judge/requests"] == 2 and provider.metrics()["judge/cache_hits"] == 0
+
+
+def test_compare_asks_both_orders(judge, server):
+    provider = judge()
+    assert provider.compare("p", "777", "7") == 1.0
+    orders = [PAIR.search(b["messages"][0]["content"]).groups() for b in server.script.bodies]
+    assert sorted(orders) == [("7", "777"), ("777", "7")]
+    assert provider.compare("p", "7", "777") == 0.0
+    assert provider.compare("p", "77", "77 ") == 0.5  # a tie both ways
+    biased = judge(model="biased")
+    assert biased.compare("p", "777", "7") == 0.5  # "always A" cancels out
+    with pytest.raises(RewardProviderError, match="no verdict"):
+        judge(model="garbage").compare("p", "777", "7")
+    with pytest.raises(RewardProviderError, match="timeout"):
+        judge(model="hang", timeout=0.2, max_retries=0).compare("p", "7", "77")
+
+
+def test_online_dpo_ranks_pairs_with_compare(judge):
+    from rewardhub.algorithms.dpo import rank_and_pair
+
+    completions = ["7", "77", "x", "777", "a", "b", "c", "d"]  # prompt "q2": no 7s anywhere, every pair a tie
+    pairs, stats = rank_and_pair(judge(), ["q1", "q2"], [{}, {}], completions, 4, rank_with="compare")
+    assert pairs == [("q1", "777", "x")] and stats["online/skipped"] == 1
+    assert stats["reward/judge/requests"] == 2 * 6 * 2  # 6 pairs per prompt, both orders
+
+
+def test_conforms_to_the_reward_contract(judge):
+    rewards = check_provider(judge(min_score=0), [sample("777", answer="777"), sample("x")])
+    assert [r.value for r in rewards] == [pytest.approx(0.3), 0.0]
+
+
+def test_score_works_inside_a_running_event_loop(judge):
+    provider = judge()
+
+    async def caller():
+        return provider([sample("777")])
+
+    assert asyncio.run(caller())[0].value == pytest.approx(2 / 9)
+
+
+def test_built_by_name_with_string_options(server):
+    provider = build_reward("judge", {"base_url": server.url, "model": "score", "max_score": "5",
+                                      "concurrency": "2", "cache": "false"})
+    try:
+        assert provider.name == "judge" and provider.max_score == 5.0 and provider.cache is False
+        assert provider([sample("777")])[0].value == pytest.approx(0.5)  # (3-1)/(5-1)
+    finally:
+        provider.close()
+
+
+def test_bad_options_say_what_to_fix(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"--reward-arg base_url=http://host:port/v1"):
+        JudgeReward(model="score")
+    with pytest.raises(ConfigError, match=r"min_score \(10\) must be below max_score \(10\)"):
+        JudgeReward(base_url=server.url, model="score", min_score=10)
+    template = tmp_path / "t.txt"
+    template.write_text("Rate {prompt}. SCORE: n")
+    with pytest.raises(ConfigError, match=r"template must contain \{completion\}"):
+        JudgeReward(base_url=server.url, model="score", template=str(template))
+    with pytest.raises(ConfigError, match=r"unknown placeholder \{answer\}"):
+        JudgeReward(base_url=server.url, model="score", template="{completion} vs {answer}")
+    with pytest.raises(ConfigError, match="is not an existing file"):
+        JudgeReward(base_url=server.url, model="score", template=str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="pairwise_template must contain"):
+        JudgeReward(base_url=server.url, model="score", pairwise_template="{a} only")
+    with pytest.raises(ConfigError) as info:
+        build_reward("judge", {"base_url": "localhost:8000", "concurrency": "0", "timeout": "0"})
+    text = str(info.value)
+    assert "must start with http://" in text and "concurrency must be >= 1" in text and "timeout must be > 0" in text
+
+
+def test_model_discovery_errors(server, monkeypatch):
+    with pytest.raises(ConfigError, match=r"serves 6 models .*--reward-arg model=NAME"):
+        JudgeReward(base_url=server.url)
+    with pytest.raises(RewardhubError, match=r"could not list the models .*cannot connect"):
+        JudgeReward(base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    provider = JudgeReward(model="score", base_url=None)
+    try:
+        assert provider.base_url == server.url
+    finally:
+        provider.close()
+
+
+def test_unreachable_judge_is_an_error_status_not_a_crash():
+    provider = JudgeReward(base_url="http://127.0.0.1:9/v1", model="m", max_retries=0, timeout=2)
+    try:
+        [r] = provider([sample("7")])
+        assert r.status is Status.ERROR and "cannot connect to the judge at http://127.0.0.1:9/v1" in r.detail
+    finally:
+        provider.close()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The real server (`rewardhub serve`) on the tiny random model
+# -------------------------------------------------------------------------------------------------------------
+
+def test_serve_tiny_model_plumbing(tiny_model_path):
+    import openai
+
+    local = load_local_model(str(tiny_model_path), name="tiny-judge")
+    with ServerThread(create_app(local)) as thread:
+        client = openai.OpenAI(base_url=thread.url, api_key="sk-local", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny-judge"]
+        reply = client.chat.completions.create(model="tiny-judge", messages=[{"role": "user", "content": "2+2="}],
+                                               max_tokens=5, temperature=0)
+        assert reply.usage.prompt_tokens == 7  # <|user|> 2 + 2 = <eos> <|assistant|>: the chat template, char tokens
+        assert 1 <= reply.usage.completion_tokens <= 5 and reply.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.BadRequestError, match="n=2 is not supported"):
+            client.chat.completions.create(model="tiny-judge", messages=[{"role": "user", "content": "x"}], n=2)
+
+        judge = JudgeReward(base_url=thread.url, max_tokens=6)  # the model name is discovered
+        try:
+            [r] = judge([sample("777")])
+            assert judge.model == "tiny-judge"
+            assert r.status is Status.ERROR and not r.usable and "no score" in r.detail  # random text: masked
+            m = judge.metrics()
+            assert m["judge/requests"] == 1 and m["judge/parse_failures"] == 1 and m["judge/completion_tokens"] >= 1
+            assert local.requests == 2  # the direct request and the judge's both reached the model
+        finally:
+            judge.close()
+
+
+def test_serve_requires_the_api_key_when_given(tiny_model_path):
+    import openai
+
+    local = load_local_model(str(tiny_model_path), name="tiny")
+    with ServerThread(create_app(local, api_key="secret")) as thread:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=thread.url, api_key="wrong", max_retries=0).models.list()
+        assert openai.OpenAI(base_url=thread.url, api_key="secret").models.list().data[0].id == "tiny"
+
+
+def test_serve_command_reports_bad_input(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "the path does not exist" in capsys.readouterr().err
+    assert main(["serve", "--model", "x", "--port", "70000"]) == 2
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------------------------
+# End to end: GRPO with the judge reward, through the CLI
+# -------------------------------------------------------------------------------------------------------------
+
+def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys):
+    out = tmp_path / "rlaif"
+    code = main(["train", "--algo", "grpo", "--reward", "judge", "--reward-arg", f"base_url={server.url}",
+                 "--reward-arg", "model=score", "--reward-arg", "min_score=0", "--model", str(tiny_model_path),
+                 "--data-arg", "size=32", "--max-steps", "3", "--batch-size", "2", "--num-generations", "2",
+                 "--max-new-tokens", "4", "--eval-size", "4", "--threads", "1", "--log-every", "1",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 3 and all("reward/mean" in r for r in train)
+    assert all(0.0 <= r["reward/mean"] <= 0.4 for r in train)  # 4 tokens hold at most 4 sevens: <= 4/10
+    assert train[-1]["provider/judge/requests"] >= 1 and train[-1]["provider/status/ok"] >= 12
