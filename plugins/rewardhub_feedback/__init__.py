@@ -1,6 +1,6 @@
 """The ``human`` reward provider: a human-feedback store (SQLite), its HTTP API and a labelling page.
 
-``rewardhub train --algo dpo --reward=human --pairs provider`` trains DPO on the stored human comparisons;
+``rewardhub train --algo dpo --reward=human`` trains DPO on the stored human comparisons;
 ``rewardhub train --reward=human`` (PPO/GRPO/RLOO) rewards completions with the stored human ratings and
 queues unrated ones for annotators. ``rewardhub feedback serve|import|export|stats`` manages a store.
 

@@ -1,7 +1,8 @@
 """The ``human`` reward provider: rewards and preferences from people, read from a feedback store.
 
-- DPO (``--algo dpo --reward=human --pairs provider``): :meth:`HumanFeedbackReward.preference_pairs` gives
-  the store's comparisons, one pair per labelled (prompt, A, B) in the majority's direction.
+- DPO (``--algo dpo --reward=human``; ``--pairs auto`` takes a store first):
+  :meth:`HumanFeedbackReward.preference_pairs` gives the store's comparisons, one pair per labelled
+  (prompt, A, B) in the majority's direction.
 - PPO/GRPO/RLOO (``--reward=human``, human in the loop): :meth:`score` returns the mean rating people gave
   that exact (prompt, completion), normalised to [0, 1] by the store's scale (so KL coefficients and
   learning rates do not depend on whether annotators rate 1..5 or 1..10; the raw mean is in the reward's

@@ -20,7 +20,7 @@ def add_parser(sub):
     p = sub.add_parser(
         "feedback", help="human-feedback store: serve the labelling page/API, import, export, stats",
         description="Manage a human-feedback store, the SQLite file the `human` reward provider reads: "
-        "`rewardhub train --algo dpo --reward=human --pairs provider` trains on its comparisons, and "
+        "`rewardhub train --algo dpo --reward=human` trains on its comparisons, and "
         "`rewardhub train --reward=human` rewards completions with its ratings (queueing unrated ones).")
     fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
     db_help = f"the store's SQLite file (default: ./{DEFAULT_DB})"
