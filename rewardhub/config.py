@@ -243,6 +243,8 @@ class TrainConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
 
 RL_ALGOS = ("ppo", "grpo", "rloo")
 CRITICS = ("policy-head", "separate")
+#: How per-token RL losses add up (verl's ``loss_agg_mode`` names); see ``rl_math.loss_token_weights``.
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 @dataclass
@@ -293,6 +295,9 @@ class RLConfig(TrainConfig):
                                   "(timeout/error/pending) in one step exceeds this")
     completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    loss_agg: str = opt("token-mean", "how per-token losses add up: token-mean (DAPO; TRL dapo), seq-mean-token-mean "
+                        "(original GRPO; TRL grpo), seq-mean-token-sum, seq-mean-token-sum-norm (Dr. GRPO; TRL "
+                        "dr_grpo: token sum / (sequences x max_new_tokens))")
     skip_zero_advantage: bool = opt(True, "leave rows whose loss is exactly zero (all-zero advantage, no value or KL "
                                     "loss term: GRPO/RLOO groups that all scored alike) out of the update's "
                                     "forward/backward; the gradient is unchanged")
@@ -340,6 +345,8 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"critic must be one of {', '.join(CRITICS)}, got {cfg.critic!r}")
     if not 0 <= cfg.gamma <= 1 or not 0 <= cfg.lam <= 1:
         p.append(f"gamma and lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
+    if cfg.loss_agg not in LOSS_AGG_MODES:
+        p.append(f"loss_agg must be one of {', '.join(LOSS_AGG_MODES)}, got {cfg.loss_agg!r}")
     if cfg.kl_estimator not in ("k1", "k2", "k3"):
         p.append(f"kl_estimator must be k1, k2 or k3, got {cfg.kl_estimator!r}")
     if cfg.adaptive_kl and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):

@@ -312,3 +312,21 @@ def test_skipping_zero_advantage_rows_gives_the_same_weights(algo, tiny_model_pa
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     first = lambda out: records(out)[0]  # noqa: E731
     assert first(tmp_path / "skip")["reward/mean"] == first(tmp_path / "full")["reward/mean"]
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_loss_aggregation_does_not_depend_on_how_the_minibatch_is_split(mode, tiny_model_path, tmp_path):
+    # sequences of different lengths (EOS allowed) split over accumulation chunks: same weights as one chunk
+    kw = dict(max_steps=3, batch_size=4, num_generations=4, grad_accum=1, lr=3e-3, loss_agg=mode,
+              kl_in_reward=False, max_new_tokens=8)
+    train_rl(cfg(tiny_model_path, tmp_path / "one", **kw), provider=Sevens())
+    train_rl(cfg(tiny_model_path, tmp_path / "four", **{**kw, "grad_accum": 4}), provider=Sevens())
+    a, b = load_weights(tmp_path / "one"), load_weights(tmp_path / "four")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    # and the mode matters: the token-mean run ends elsewhere
+    train_rl(cfg(tiny_model_path, tmp_path / "tok", **{**kw, "loss_agg": "token-mean"}), provider=Sevens())
+    c = load_weights(tmp_path / "tok")
+    assert any(not torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+    with pytest.raises(ConfigError, match="loss_agg"):
+        RLConfig(loss_agg="seq-mean").validate()

@@ -360,3 +360,38 @@ def test_fixed_kl_controller_and_validation():
     assert ctl.value == 0.05
     with pytest.raises(ValueError, match="target"):
         AdaptiveKLController(0.1, target=0.0, horizon=100)
+
+
+def test_loss_aggregation_modes_against_hand_computed_values():
+    from rewardhub.algorithms.rl_math import aggregate, loss_token_weights
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # lengths 3 and 1
+    loss = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]])  # 99: padding, must not count
+    expected = {
+        "token-mean": (1 + 2 + 3 + 4) / 4,           # every token alike
+        "seq-mean-token-mean": ((1 + 2 + 3) / 3 + 4 / 1) / 2,  # per-sequence means, then their mean
+        "seq-mean-token-sum": ((1 + 2 + 3) + 4) / 2,
+        "seq-mean-token-sum-norm": ((1 + 2 + 3) + 4) / (2 * 4),  # Dr. GRPO: / (sequences x max tokens)
+    }
+    for mode, value in expected.items():
+        w = loss_token_weights(mask, mode, n_tokens=4, n_seqs=2, max_tokens=4)
+        assert aggregate(loss, mask, w).item() == pytest.approx(value), mode
+        # split into chunks with the whole batch's normalisers: the pieces add up to the same loss
+        parts = sum(aggregate(loss[i:i + 1], mask[i:i + 1], w[i:i + 1]) for i in range(2))
+        assert parts.item() == pytest.approx(value), mode
+    assert aggregate(loss, mask, None).item() == pytest.approx(2.5)  # no weights: token-mean
+    with pytest.raises(ValueError, match="seq-mean-token-mean"):
+        loss_token_weights(mask, "sequence-mean", 4, 2, 4)
+
+
+def test_policy_loss_with_sequence_weights_is_the_original_grpo_objective():
+    from rewardhub.algorithms.rl_math import loss_token_weights
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, -0.5])
+    logp = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.2, 0.3, 0.6]]))
+    w = loss_token_weights(mask, "seq-mean-token-mean", 5, 2, 3)
+    loss, stats = ppo_policy_loss(logp, logp.clone(), adv, mask, token_weights=w)
+    # on-policy ratio 1: per token -A; GRPO: mean over sequences of each sequence's token-mean
+    assert loss.item() == pytest.approx(((-1.0 * 2 / 2) + (0.5 * 3 / 3)) / 2)
+    assert stats["loss_token_mean"].item() == pytest.approx((-1.0 * 2 + 0.5 * 3) / 5)

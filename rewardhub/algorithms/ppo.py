@@ -29,7 +29,13 @@ from typing import Any
 
 import torch
 
-from rewardhub.algorithms.rl_math import AdaptiveKLController, FixedKLController, explained_variance, masked_mean
+from rewardhub.algorithms.rl_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    loss_token_weights,
+    masked_mean,
+)
 from rewardhub.algorithms.rollout_buffer import (
     LossSettings,
     RolloutBatch,
@@ -431,9 +437,11 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
 
     acc, cfg = run.accelerator, run.cfg
     world = acc.num_processes
-    total = float(_reduce(run, mb.train_mask.sum().float(), "sum"))
+    m = mb.train_mask
+    total, n_seqs = _reduce(run, torch.stack([m.sum(), m.any(dim=1).sum()]).float(), "sum").tolist()
     if total == 0:
         return None
+    weights = loss_token_weights(m, cfg.loss_agg, total, n_seqs, cfg.max_new_tokens)  # whole-minibatch normalisers
     rows = torch.arange(len(mb), device=mb.input_ids.device)
     chunks = [c for c in rows.chunk(cfg.grad_accum) if len(c)]
     if cfg.skip_zero_advantage:
@@ -441,18 +449,18 @@ def minibatch_step(run: Run, mb: RolloutBatch, with_entropy: bool) -> dict[str, 
         if _grads_settable(acc) and float(_reduce(run, live.sum().float(), "sum")) == 0:
             return _step_on_zero_gradient(run)
         chunks = [c[live[c]] if bool(live[c].any()) else c[:1] for c in chunks]
-    subs = [mb.select(idx) for idx in chunks]
-    run_rows = sum(len(sub) for sub in subs)
-    stats_total = float(_reduce(run, sum(sub.train_mask.sum() for sub in subs).float(), "sum"))
+    subs = [(mb.select(idx), weights[idx]) for idx in chunks]
+    run_rows = sum(len(sub) for sub, _ in subs)
+    stats_total = float(_reduce(run, sum(sub.train_mask.sum() for sub, _ in subs).float(), "sum"))
     sums: dict[str, float] = {"update/frac_rows_skipped": (1 - run_rows / len(mb)) / world}
-    for k, sub in enumerate(subs):
+    for k, (sub, sub_weights) in enumerate(subs):
         n_tok = float(sub.train_mask.sum())
         ctx = contextlib.nullcontext() if k == len(subs) - 1 else acc.no_sync(run.model)
         with ctx:
             logp, values, entropy = run.model(sub.input_ids, sub.attention_mask, sub.position_ids,
                                               sub.completion_start, run.params.logprob_temperature, with_entropy)
-            loss, stats = rl_loss(logp, values, sub, run.losses)
-            acc.backward(loss * (n_tok * world / total))  # DDP averages over processes
+            loss, stats = rl_loss(logp, values, sub, run.losses, sub_weights)
+            acc.backward(loss * world)  # DDP averages over processes
         if entropy is not None:
             stats["policy/entropy"] = masked_mean(entropy, sub.train_mask)
         for name, v in stats.items():

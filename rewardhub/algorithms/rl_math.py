@@ -24,15 +24,20 @@ import math
 import torch
 from torch import Tensor
 
+from rewardhub.config import LOSS_AGG_MODES
+
 __all__ = [
     "KL_ESTIMATORS",
+    "LOSS_AGG_MODES",
     "AdaptiveKLController",
     "FixedKLController",
+    "aggregate",
     "entropy_from_logits",
     "explained_variance",
     "gae",
     "grpo_advantages",
     "kl_penalty",
+    "loss_token_weights",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -377,6 +382,49 @@ def rloo_advantages(scores: Tensor, group_size: int, valid: Tensor | None = None
 # ---------------------------------------------------------------------------------------------------- losses
 
 
+
+def loss_token_weights(mask: Tensor, mode: str, n_tokens: float, n_seqs: float, max_tokens: int) -> Tensor:
+    """``(B, T)`` weights such that ``sum(weights * token_loss)`` is the minibatch loss under ``mode``.
+
+    The normalisers are those of the *whole* minibatch (all accumulation chunks, all processes), passed in,
+    so splitting a minibatch into chunks, or leaving rows out whose loss is zero, does not change the
+    gradient:
+
+    * ``token-mean`` (DAPO; TRL ``dapo``): every token weighs ``1 / n_tokens``, long answers count more.
+    * ``seq-mean-token-mean`` (the original GRPO; TRL ``grpo``): each sequence's token-mean, then the mean
+      over ``n_seqs`` sequences: a token of a short answer weighs more (the length bias Dr. GRPO points out).
+    * ``seq-mean-token-sum``: each sequence's token sum, mean over sequences.
+    * ``seq-mean-token-sum-norm`` (Dr. GRPO; TRL ``dr_grpo``): token sum over ``n_seqs * max_tokens``, a
+      constant, so neither the length nor the batch's token count rescales a token's gradient.
+
+    Args:
+        mask: ``(B, T)`` tokens that count (completion tokens of usable samples).
+        mode: one of :data:`LOSS_AGG_MODES`.
+        n_tokens: masked tokens in the whole minibatch.
+        n_seqs: sequences with at least one masked token in the whole minibatch.
+        max_tokens: the generation budget (``max_new_tokens``), for ``seq-mean-token-sum-norm``.
+    """
+    m = mask.float()
+    if mode == "token-mean":
+        return m / max(n_tokens, 1.0)
+    if mode == "seq-mean-token-mean":
+        return m / m.sum(dim=1, keepdim=True).clamp_min(1.0) / max(n_seqs, 1.0)
+    if mode == "seq-mean-token-sum":
+        return m / max(n_seqs, 1.0)
+    if mode == "seq-mean-token-sum-norm":
+        return m / (max(n_seqs, 1.0) * max_tokens)
+    raise ValueError(f"loss aggregation must be one of {', '.join(LOSS_AGG_MODES)}, got {mode!r}")
+
+
+def aggregate(token_loss: Tensor, mask: Tensor, token_weights: Tensor | None) -> Tensor:
+    """The token-mean of ``token_loss`` over ``mask``, or ``sum(token_weights * token_loss)`` when weights are given."""
+    if token_weights is None:
+        return masked_mean(token_loss, mask)
+    m = _as_mask(mask, token_loss)
+    zero = torch.zeros((), dtype=token_loss.dtype, device=token_loss.device)
+    return torch.where(m, token_loss * token_weights, zero).sum()
+
+
 def ppo_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -384,6 +432,7 @@ def ppo_policy_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate policy loss (Schulman et al. 2017), averaged over real tokens.
 
@@ -400,6 +449,8 @@ def ppo_policy_loss(
         clip_eps: Lower (and by default upper) clip range.
         clip_eps_high: Separate upper clip range ("clip-higher", DAPO, Yu et al. 2025) to leave room for
             raising low-probability tokens; ``None`` means ``clip_eps``.
+        token_weights: ``(B, T)`` weight of each token's loss; the loss is then ``sum(weights * loss)``
+            instead of the token-mean (see :func:`loss_token_weights` for the aggregation modes).
 
     Returns:
         ``(loss, stats)``. ``loss`` is a scalar with grad. ``stats`` holds detached scalar tensors (call
@@ -409,6 +460,7 @@ def ppo_policy_loss(
         * ``approx_kl``: ``0.5 * mean((logp - logp_old)^2)`` (k2; TRL's ``approxkl``).
         * ``approx_kl_k3``: mean of the unbiased non-negative k3 estimator (CleanRL's ``approx_kl``).
         * ``ratio_mean``: mean importance ratio (should stay near 1).
+        * ``loss_token_mean``: the loss as a token-mean, whatever ``token_weights`` (for logging).
     """
     m = _as_mask(mask, logprobs)
     if old_logprobs.shape != logprobs.shape:
@@ -429,11 +481,13 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
-    loss = masked_mean(torch.maximum(unclipped, clipped), m)
+    token_loss = torch.maximum(unclipped, clipped)
+    loss = aggregate(token_loss, m, token_weights)
 
     with torch.no_grad():
         log_ratio = log_ratio.detach()
         stats = {
+            "loss_token_mean": masked_mean(token_loss.detach(), m),
             "clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), m),
             "approx_kl": 0.5 * masked_mean(log_ratio**2, m),
             "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
@@ -443,7 +497,8 @@ def ppo_policy_loss(
 
 
 def ppo_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_value: float | None = 0.2
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_value: float | None = 0.2,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value-function loss (PPO2 / lm-human-preferences / TRL).
 
@@ -458,6 +513,7 @@ def ppo_value_loss(
         returns: ``(B, T)`` targets from :func:`gae`.
         mask: ``(B, T)`` response mask.
         clip_value: Clip range ``c`` (TRL ``cliprange_value=0.2``; OpenRLHF uses 0.5); ``None`` disables it.
+        token_weights: as in :func:`ppo_policy_loss` (``None``: token-mean).
 
     Returns:
         ``(loss, stats)``; ``stats["value_clipfrac"]`` is the (detached) fraction of tokens where the clipped
@@ -467,13 +523,15 @@ def ppo_value_loss(
     old_values, returns = old_values.detach(), returns.detach()
     err = (values - returns) ** 2
     if clip_value is None:
-        return 0.5 * masked_mean(err, m), {"value_clipfrac": torch.zeros((), device=values.device)}
+        return 0.5 * aggregate(err, m, token_weights), {"value_clipfrac": torch.zeros((), device=values.device),
+                                                        "loss_token_mean": 0.5 * masked_mean(err.detach(), m)}
     clipped_values = old_values + torch.clamp(values - old_values, -clip_value, clip_value)
     err_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), m)
+    token_loss = torch.maximum(err, err_clipped)
+    loss = 0.5 * aggregate(token_loss, m, token_weights)
     with torch.no_grad():
         clipfrac = masked_mean((err_clipped > err).to(values.dtype), m)
-    return loss, {"value_clipfrac": clipfrac}
+    return loss, {"value_clipfrac": clipfrac, "loss_token_mean": 0.5 * masked_mean(token_loss.detach(), m)}
 
 
 # ------------------------------------------------------------------------------------------ logits and logs

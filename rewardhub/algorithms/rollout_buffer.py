@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from rewardhub.algorithms.rl_math import (
+    aggregate,
     gae,
     grpo_advantages,
     kl_penalty,
@@ -171,31 +172,34 @@ def rows_with_gradient(mb: RolloutBatch, s: LossSettings, has_values: bool) -> T
     return (mb.train_mask & (adv != 0)).any(dim=1)
 
 
-def rl_loss(logprobs: Tensor, values: Tensor | None, mb: RolloutBatch,
-            s: LossSettings) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped policy loss (+ ``vf_coef`` x clipped value loss, + ``kl_loss_coef`` x k3 KL), token-mean.
+def rl_loss(logprobs: Tensor, values: Tensor | None, mb: RolloutBatch, s: LossSettings,
+            token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped policy loss (+ ``vf_coef`` x clipped value loss, + ``kl_loss_coef`` x k3 KL).
 
     Args:
         logprobs: (n, T) current log-probs of ``mb``'s completion tokens (with grad).
         values: (n, T) current values (with grad), or None without a critic.
         mb: the minibatch (advantages, old log-probs/values, returns, masks).
         s: coefficients and clip ranges.
+        token_weights: (n, T) from :func:`loss_token_weights`: every term is then ``sum(weights * loss)``;
+            ``None``: every term is the token-mean over ``mb``.
 
     Returns:
-        ``(loss, stats)``; stats are detached scalars. Rows with ``valid = False`` get no gradient.
+        ``(loss, stats)``; stats are detached token-means (whatever the weights). Rows with ``valid = False``
+        get no gradient.
     """
     m = mb.train_mask
     adv = mb.advantages
     adv = torch.where(mb.valid.bool() if adv.dim() == 1 else m, adv, torch.zeros_like(adv))
-    loss, pstats = ppo_policy_loss(logprobs, mb.old_logprobs, adv, m, s.clip_eps, s.clip_eps_high)
-    stats = {"policy/loss": loss.detach(), "policy/clipfrac": pstats["clipfrac"],
+    loss, pstats = ppo_policy_loss(logprobs, mb.old_logprobs, adv, m, s.clip_eps, s.clip_eps_high, token_weights)
+    stats = {"policy/loss": pstats["loss_token_mean"], "policy/clipfrac": pstats["clipfrac"],
              "policy/approx_kl": pstats["approx_kl"], "policy/ratio_mean": pstats["ratio_mean"]}
     if values is not None and mb.returns is not None:
-        vloss, vstats = ppo_value_loss(values, mb.old_values, mb.returns, m, s.clip_value)
+        vloss, vstats = ppo_value_loss(values, mb.old_values, mb.returns, m, s.clip_value, token_weights)
         loss = loss + s.vf_coef * vloss
-        stats.update({"value/loss": vloss.detach(), "value/clipfrac": vstats["value_clipfrac"]})
+        stats.update({"value/loss": vstats["loss_token_mean"], "value/clipfrac": vstats["value_clipfrac"]})
     if s.kl_loss_coef > 0 and mb.ref_logprobs is not None:
-        kl = masked_mean(kl_penalty(logprobs, mb.ref_logprobs, "k3", mask=m), m)
-        loss = loss + s.kl_loss_coef * kl
-        stats["kl/loss_term"] = kl.detach()
+        kl_tok = kl_penalty(logprobs, mb.ref_logprobs, "k3", mask=m)
+        loss = loss + s.kl_loss_coef * aggregate(kl_tok, m, token_weights)
+        stats["kl/loss_term"] = masked_mean(kl_tok.detach(), m)
     return loss, stats
