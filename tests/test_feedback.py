@@ -4,7 +4,6 @@ training end to end (DPO on stored pairs; GRPO with an annotator labelling the q
 
 import json
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 
 from rewardhub import Sample, Status
 from rewardhub.algorithms.dpo import tokenize_pairs
+from rewardhub.app_thread import AppThread
 from rewardhub.cli.main import main
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
 from rewardhub.reward_resolution import build_reward
@@ -290,23 +290,8 @@ def test_human_is_registered_and_built_from_reward_args(tmp_path, fresh_plugins)
 
 @contextmanager
 def serving(store):
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with AppThread(create_app(store)) as thread:
+        yield thread.url
 
 
 def http(method, url, body=None, form=None):

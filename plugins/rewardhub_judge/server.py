@@ -7,13 +7,13 @@ It is meant for a judge during training and for tests, not as a production serve
 one generation at a time (one model, one lock), and it has no batching or streaming. vLLM and SGLang serve
 the same API at scale.
 
-:class:`ServerThread` runs any ASGI app on a daemon thread (tests, examples, notebooks).
+:class:`ServerThread` runs it on a daemon thread (tests, examples, notebooks) through the core's
+:class:`rewardhub.app_thread.AppThread`.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -22,6 +22,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+
+from rewardhub.app_thread import AppThread
 
 log = logging.getLogger(__name__)
 
@@ -167,65 +169,10 @@ def load_local_model(path: str, name: str | None = None, dtype: str = "auto", de
     return LocalModel(model, tokenizer, name or path)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on ``host:port`` (port 0: a free one, read back with ``getsockname``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+class ServerThread(AppThread):
+    """An OpenAI-compatible app on a daemon thread; ``url`` is its ``/v1`` base URL."""
 
-
-def make_server(app, log_level: str = "warning"):
-    import uvicorn
-
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False))
-
-
-class ServerThread:
-    """Serve an ASGI app on ``host:port`` from a daemon thread; ``url`` is its ``/v1`` base URL.
-
-    Usable as a context manager: the server is up inside the block and shut down (and joined) after it.
-    """
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        self.host = host
-        self.sock = bind_socket(host, port)
-        self.port = self.sock.getsockname()[1]
-        self.server = make_server(app)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name=f"uvicorn-{self.port}", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
-
-    def start(self, timeout: float = 30.0) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server on {self.url} did not start within {timeout:g}s")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-        self.sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    base_path = "/v1"
 
 
 def _text(content: str | list[dict[str, Any]] | None) -> str:

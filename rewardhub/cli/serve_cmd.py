@@ -32,7 +32,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rewardhub_judge.server import bind_socket, create_app, load_local_model, make_server
+    from rewardhub.app_thread import bind_socket, make_server
+    from rewardhub_judge.server import create_app, load_local_model
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
