@@ -59,6 +59,7 @@ class Supervisor:
         self.cgroups_to_remove = set()
         self.spawns = 0
         self.restarts = 0
+        self.retried = 0
         self.spawn_failures = 0
         self.next_spawn_at = 0.0
         self.ready_sent = False
@@ -175,7 +176,7 @@ class Supervisor:
         self.kill_slot(slot)
         slot.job = None
         if job is not None:
-            self.emit(result or {"id": job["id"], "worker_lost": reason})
+            self.retry_or_emit(job, result or {"id": job["id"], "worker_lost": reason})
         if was_starting:
             self.spawn_failures += 1
             self.next_spawn_at = time.monotonic() + min(0.05 * 2 ** self.spawn_failures, 2.0)
@@ -184,6 +185,16 @@ class Supervisor:
                 self.ready_sent = True
                 self.host_eof = True
         self.restarts += 1
+
+    def retry_or_emit(self, job, result):
+        """A job whose worker was lost (or failed on its own) runs once more on a fresh worker, then counts."""
+        if int(job.get("attempt", 0)) < int(self.cfg.get("retries", 1)):
+            job["attempt"] = int(job.get("attempt", 0)) + 1
+            self.retried += 1
+            self.queue.insert(self.qhead, job)
+            return
+        result["attempts"] = int(job.get("attempt", 0)) + 1
+        self.emit(result)
 
     # -- I/O --------------------------------------------------------------------------------------------------
     def emit(self, obj):
@@ -221,6 +232,7 @@ class Supervisor:
                 "op": "stats",
                 "reaped_orphans": self.reaped_orphans,
                 "restarts": self.restarts,
+                "retried": self.retried,
                 "worker_pids": [s.pid for s in self.slots if s.pid is not None],
                 "queued": len(self.queue) - self.qhead,
             })
@@ -238,9 +250,12 @@ class Supervisor:
                 self.ready_sent = True
             return
         if slot.job is not None and msg.get("id") == slot.job["id"]:
-            slot.job = None
+            job, slot.job = slot.job, None
             slot.state = "idle"
-            self.emit(msg)
+            if "infra_error" in msg or "worker_lost" in msg:
+                self.retry_or_emit(job, msg)
+            else:
+                self.emit(msg)
 
     def dispatch(self):
         for slot in self.slots:
@@ -253,7 +268,7 @@ class Supervisor:
             self.qhead += 1
             slot.job = job
             slot.state = "busy"
-            slot.deadline = time.monotonic() + float(self.cfg["timeout_s"]) + self.grace
+            slot.deadline = time.monotonic() + float(job.get("budget_s", self.cfg["timeout_s"])) + self.grace
             slot.outbuf += (json.dumps(job) + "\n").encode()
         if self.qhead > 1024 and self.qhead * 2 > len(self.queue):
             self.queue = self.queue[self.qhead:]

@@ -8,11 +8,23 @@ role's module holds only its own logic. Like every ``_sandbox_*`` part, this fil
 
 import ctypes
 import os
+import platform
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+_SIGCHLD = 17
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_CAP_VERSION_3 = 0x20080522
 
 EXIT_SETUP_FAILED = 121
 _MAXFD = 65536
@@ -68,3 +80,77 @@ def _write_all(fd, data):
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _fork_new_pidns():
+    """``fork()`` into a new pid namespace (the child is its pid 1); needs CAP_SYS_ADMIN in our user namespace.
+
+    ``unshare(CLONE_NEWPID)`` works only once per process (and ``setns`` back is refused inside bubblewrap's
+    nested user namespace), so this is the raw ``clone`` syscall with ``os.fork``'s interpreter bookkeeping
+    (``PyOS_BeforeFork``/``AfterFork``) around it. Returns the child's pid in the parent and 0 in the child.
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    nr = _SYS_CLONE.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"clone into a new pid namespace is not implemented for {platform.machine()}")
+    syscall = _libc.syscall
+    syscall.restype = ctypes.c_long
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = syscall(ctypes.c_long(nr), ctypes.c_ulong(_SIGCHLD | CLONE_NEWPID), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone(CLONE_NEWPID): {os.strerror(err)}")
+    return pid
+
+
+def _unshare(flags):
+    _libc_call("unshare", ctypes.c_int(flags))
+
+
+def _mount(source, target, fstype, flags, data=None):
+    _libc_call("mount", source.encode(), target.encode(), fstype.encode() if fstype else None,
+               ctypes.c_ulong(flags), data.encode() if data else None)
+
+
+def _drop_capabilities():
+    """Empty the ambient, effective, permitted and inheritable sets, set no_new_privs, and check it took.
+
+    Raises OSError when any capability is left: the caller must not run untrusted code then.
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(ctypes.c_int(PR_CAP_AMBIENT), ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), ctypes.c_ulong(0),
+                ctypes.c_ulong(0), ctypes.c_ulong(0))
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _libc_call("capset", header, data)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    # Read back (ambient caps cannot outlive an empty permitted set: the kernel clears them with it).
+    check = (ctypes.c_uint32 * 6)()
+    _libc_call("capget", header, check)
+    if any(check):
+        raise OSError(1, f"capabilities left after dropping them: {list(check)}")
+
+
+def _nondumpable():
+    """No ptrace attach and no /proc/<pid>/{mem,fd,environ,maps} for anyone of our uid without a capability."""
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def _cap_eff():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0

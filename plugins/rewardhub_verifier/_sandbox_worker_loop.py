@@ -1,34 +1,53 @@
-"""The worker of the code sandbox: one warm interpreter that forks a sample per job and collects its result.
+"""The worker of the code sandbox: one warm interpreter that runs a sample's processes and collects verdicts.
 
-It reads jobs as JSON lines on stdin, forks a sample (:mod:`rewardhub_verifier._sandbox_sample`) for each,
-captures and caps its output, enforces the wall-clock timeout, kills and reaps every process the sample
-left behind, checks the nonces and writes one result line per job. It runs inside the sandbox, apart from
-the supervisor (:mod:`rewardhub_verifier._sandbox_supervisor`) that owns the pool of workers. Shipped as
-source text with the other ``_sandbox_*`` parts (see :mod:`rewardhub_verifier._sandbox_worker`).
+It reads jobs as JSON lines on stdin and writes one result line per job. Per job it starts, never running any
+job's code itself:
+
+* the **solution's process(es)**, through the zygote (:mod:`rewardhub_verifier._sandbox_zygote`) so that they
+  start from memory without tests or other samples' code (:mod:`rewardhub_verifier._sandbox_untrusted`);
+* for assert / HumanEval / call-based rows, the **test process** (:mod:`rewardhub_verifier._sandbox_trusted`),
+  forked from here into its own pid namespace; the verdicts come from it, on a pipe only it holds;
+* for stdin/stdout rows, one solution process per test with that input; *this* process compares the output;
+* for program-of-thought rows, one solution process; the printed or returned answer goes back to the host,
+  which compares it with the gold answer (the gold answer never enters the sandbox).
+
+Then it captures and caps the output, enforces the wall-clock limits, kills every process of the sample and
+waits until they are gone. It is non-dumpable and keeps a capability only to create the namespaces; every
+process that runs job code has dropped all capabilities first. Shipped as source text with the other
+``_sandbox_*`` parts (see :mod:`rewardhub_verifier._sandbox_worker`).
 """
 
 import contextlib
 import gc
 import json
 import os
-import secrets
+import resource
 import select
 import shutil
 import signal
+import socket
 import sys
 import time
 
 if __name__ != "__main__":  # imported on the host; when shipped, all parts share one namespace
-    from rewardhub_verifier._sandbox_sample import _sample_main
     from rewardhub_verifier._sandbox_sys import (
         EXIT_SETUP_FAILED,
         PR_SET_CHILD_SUBREAPER,
         PR_SET_PDEATHSIG,
+        _cap_eff,
+        _fork_new_pidns,
+        _nondumpable,
         _ns_id,
         _prctl,
         _read_oom_kills,
         _write_all,
     )
+    from rewardhub_verifier._sandbox_trusted import trusted_server_main
+    from rewardhub_verifier._sandbox_zygote import zygote_main
+
+
+class WorkerPoisoned(Exception):
+    """The worker can no longer vouch for a clean state (zygote gone, a sample's process would not die)."""
 
 
 class _Capped:
@@ -49,211 +68,547 @@ class _Capped:
             self.chunks.append(data)
             self.size += len(data)
 
+    def bytes(self):
+        return b"".join(self.chunks)
+
     def text(self):
-        return b"".join(self.chunks).decode("utf-8", "replace")
+        return self.bytes().decode("utf-8", "replace")
+
+
+class Zygote:
+    """The worker's handle on its zygote: spawn requests, and the exit reports that come back."""
+
+    def __init__(self, cfg):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            keep = theirs.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 65536)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            try:
+                zygote_main(theirs, cfg)
+            finally:
+                os._exit(1)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+        self.exits = {}
+        self.cpu_ms = 0.0  # CPU time of the solution processes waited for in the current job (wait4)
+
+    def _recv(self, timeout):
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return None
+        msg, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 1)
+        if not msg:
+            raise WorkerPoisoned("the zygote exited")
+        data = json.loads(msg)
+        if "exit" in data:
+            self.exits[data["exit"]] = (data["status"], float(data.get("cpu_ms", 0.0)))
+        return data, fds
+
+    def spawn(self, mode, cfg, fds, tmpdir=None):
+        """(pid, pidfd) of a new solution process; its descriptors 0-5 become ``fds`` (stdin, stdout, stderr,
+        code, requests in, answers out)."""
+        socket.send_fds(self.sock, [json.dumps({"mode": mode, "cfg": cfg, "tmpdir": tmpdir}).encode()], fds)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = self._recv(deadline - time.monotonic())
+            if got is None:
+                break
+            data, passed = got
+            if "pid" in data and passed:
+                return data["pid"], passed[0]
+            if "error" in data:
+                raise OSError(data["error"])
+        raise WorkerPoisoned("the zygote did not answer")
+
+    def wait_exit(self, pid, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while pid not in self.exits:
+            gone = time.monotonic() > deadline or self._recv(max(deadline - time.monotonic(), 0)) is None
+            if gone and pid not in self.exits:
+                raise WorkerPoisoned("a solution process did not die")
+        status, cpu_ms = self.exits.pop(pid)
+        self.cpu_ms += cpu_ms
+        return status
+
+    def drain(self):
+        while self._recv(0) is not None:
+            pass
+
+
+class TestServer:
+    """The worker's handle on its test process (:func:`trusted_server_main`), replaced whenever it asks to be,
+    dies, or does not finish a sample in time."""
+
+    def __init__(self, cfg, fork):
+        self.cfg, self.fork = cfg, fork
+        self.pid = None
+        self.restart_requested = False
+        self.cpu_ms = 0.0
+
+    def start(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = self.fork()
+        if pid == 0:
+            ours.close()
+            os.close(job_w)
+            os.close(res_r)
+            trusted_server_main(self.cfg, theirs, job_r, res_w)
+        theirs.close()
+        os.close(job_r)
+        os.close(res_w)
+        self.pid, self.ctl, self.job_w, self.res_r = pid, ours, job_w, res_r
+        self.pidfd = os.pidfd_open(pid)
+        self.buf = b""
+        self.restart_requested = False
+
+    def submit(self, job_id, body, req_w, resp_r):
+        if self.pid is None:
+            self.start()
+        socket.send_fds(self.ctl, [json.dumps({"id": job_id, "len": len(body)}).encode()], [req_w, resp_r])
+        return self.job_w
+
+    def stop(self):
+        if self.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        for fd in (self.pidfd, self.job_w, self.res_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.ctl.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.pid = None
+
+
+def _pump(reads, writes, deadline, stop_fds=()):
+    """Move bytes until every read fd hit EOF, a stop fd became readable, or the deadline passed.
+
+    ``reads``: fd -> _Capped; ``writes``: fd -> bytes (each write fd is closed once written). Returns True on
+    the deadline.
+    """
+    open_reads = list(reads)
+    pending = {fd: memoryview(data) for fd, data in writes.items()}
+    for fd in pending:
+        os.set_blocking(fd, False)
+    while True:
+        for fd in [fd for fd, view in pending.items() if not view]:
+            os.close(fd)
+            del pending[fd]
+        if not open_reads and not stop_fds:
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, writable, _ = select.select(open_reads + list(stop_fds), list(pending), [], remaining)
+        for fd in writable:
+            try:
+                n = os.write(fd, pending[fd][:1 << 16])
+                pending[fd] = pending[fd][n:]
+            except BlockingIOError:
+                pass
+            except OSError:  # the reader is gone
+                pending[fd] = memoryview(b"")
+        stop = False
+        for fd in readable:
+            if fd in stop_fds:
+                stop = True
+                continue
+            data = os.read(fd, 1 << 16)
+            if data:
+                reads[fd].add(data)
+            else:
+                open_reads.remove(fd)
+        if stop or (not open_reads and not stop_fds):
+            for fd in pending:
+                os.close(fd)
+            return False
+    for fd in pending:
+        os.close(fd)
+    return True
+
+
+def _readable(fd):
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _read_rest(fd):
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError, OSError):
+        while True:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+    os.set_blocking(fd, True)
+    return b"".join(chunks)
+
+
+def _drain(reads):
+    for fd, buf in reads.items():
+        os.set_blocking(fd, False)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    break
+                buf.add(data)
+        os.close(fd)
+
+
+def _normalize_lines(text):
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def outputs_match(got, expected, compare="lines", float_tol=0.0):
+    """Judge a stdout against the expected one: lines (trailing spaces and blank lines ignored) or tokens."""
+    if compare == "exact":
+        return got == expected
+    if compare == "tokens" or float_tol:
+        a, b = got.split(), expected.split()
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            if x == y:
+                continue
+            if not float_tol:
+                return False
+            try:
+                fx, fy = float(x), float(y)
+            except ValueError:
+                return False
+            if not abs(fx - fy) <= float_tol * max(1.0, abs(fy)):
+                return False
+        return True
+    return _normalize_lines(got) == _normalize_lines(expected)
 
 
 class Worker:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.in_pidns = bool(cfg.get("host_pidns")) and _ns_id("pid") != cfg["host_pidns"]
-        cfg["in_pidns"] = self.in_pidns
-        self.tmp_root = cfg["tmp_root"]
-        self.private_tmp = bool(cfg.get("private_tmp"))
+        self.namespaces = bool(cfg.get("namespaces"))
+        self.tmp_root = cfg.get("tmp_root") or "/tmp"
         self.counter = 0
-        self.me = os.getpid()
         self.oom_file = os.environ.get("RH_OOM_FILE", "")
         self.oom_kills = _read_oom_kills(self.oom_file)
+        self.zygote = Zygote(cfg)  # before any job is read: its memory holds none
+        self.tester = TestServer(cfg, self._fork_test_process)
+        self.tester.start()
 
-    # -- cleanup --------------------------------------------------------------------------------------------
-    def _children(self):
-        pids = []
-        try:
-            with open(f"/proc/self/task/{self.me}/children") as f:
-                pids = [int(p) for p in f.read().split()]
-        except (OSError, ValueError):
-            pass
-        return pids
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def _limits(self, timeout_s):
+        cfg = dict(self.cfg)
+        cfg["cpu_s"] = int(timeout_s) + 1
+        return cfg
 
-    def kill_all(self, pgid):
-        """SIGKILL every descendant, then reap until none is left (we are a subreaper: orphans come to us)."""
-        statuses = {}
-        for attempt in range(100000):
-            with contextlib.suppress(OSError):
-                os.killpg(pgid, signal.SIGKILL)
-            if self.in_pidns:
-                # Everything in our own pid namespace except its init and ourselves: the sample and any
-                # process it spawned, whatever process group or session it moved to.
-                with contextlib.suppress(OSError):
-                    os.kill(-1, signal.SIGKILL)
-            else:
-                for pid in self._children():
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    return statuses
-                if pid == 0:
-                    break
-                statuses[pid] = status
-            time.sleep(0.0005 if attempt < 20 else 0.005)
-        return statuses
-
-    def clean_tmp(self, tmpdir):
-        def onerror(func, path, exc_info):
-            try:
-                os.chmod(os.path.dirname(path), 0o700)
-                os.chmod(path, 0o700)
-            except OSError:
-                pass
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
-            except OSError:
-                pass
-
-        targets = [tmpdir]
-        if self.private_tmp:
-            # The whole /tmp is ours (a tmpfs inside the sandbox): drop whatever the sample left anywhere in it.
-            with contextlib.suppress(OSError):
-                targets = [os.path.join(self.tmp_root, n) for n in os.listdir(self.tmp_root)]
-        for path in targets:
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, onerror=onerror)
-                else:
-                    os.unlink(path)
-            except OSError:
-                pass
-
-    # -- one job --------------------------------------------------------------------------------------------
-    def run(self, job):
-        cfg = self.cfg
-        tests = job["tests"]
-        nonces = [secrets.token_hex(16) for _ in tests]
-        done_nonce = secrets.token_hex(16)
-        self.counter += 1
-        tmpdir = os.path.join(self.tmp_root, f"rh_sample_{os.getpid()}_{self.counter}_{secrets.token_hex(4)}")
-        os.mkdir(tmpdir, 0o700)
-        r_res, w_res = os.pipe()
-        r_out, w_out = os.pipe()
-        r_err, w_err = os.pipe()
-        t0 = time.monotonic()
-        pid = None
+    def _fork_test_process(self):
         for _attempt in range(200):
             try:
-                pid = os.fork()
-                break
-            except BlockingIOError:  # EAGAIN: the process limit is momentarily full
+                return _fork_new_pidns() if self.namespaces else os.fork()
+            except (BlockingIOError, OSError) as exc:
+                if getattr(exc, "errno", None) not in (11, 12):
+                    raise
                 time.sleep(0.01)
-        if pid is None:
-            for fd in (r_res, w_res, r_out, w_out, r_err, w_err):
-                os.close(fd)
-            self.clean_tmp(tmpdir)
-            return {"id": job["id"], "infra_error": "fork failed (EAGAIN) for 2 s"}
-        if pid == 0:
-            _sample_main(job, cfg, tmpdir, w_res, w_out, w_err, nonces, done_nonce)
-        for fd in (w_res, w_out, w_err):
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)
-        res = _Capped(1 << 20)
-        out = _Capped(int(cfg["max_output_bytes"]))
-        err = _Capped(int(cfg["max_output_bytes"]))
-        bufs = {r_res: res, r_out: out, r_err: err}
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        deadline = t0 + float(cfg["timeout_s"])
-        timed_out = False
-        open_fds = [r_res, r_out, r_err]
-        exited = False
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            watch = list(open_fds)
-            if pidfd is not None:
-                watch.append(pidfd)
-            ready, _, _ = select.select(watch, [], [], remaining if pidfd is not None else min(remaining, 0.01))
-            for fd in ready:
-                if fd == pidfd:
-                    exited = True
-                    continue
-                data = os.read(fd, 65536)
-                if data:
-                    bufs[fd].add(data)
-                else:
-                    open_fds.remove(fd)
-            if exited or (not open_fds and pidfd is None):
-                break
-            if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                break
-        statuses = self.kill_all(pid)
-        # Every writer is dead now: drain what is left in the pipes, without blocking.
-        for fd in open_fds:
-            os.set_blocking(fd, False)
-            try:
-                while True:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        break
-                    bufs[fd].add(data)
-            except BlockingIOError:
-                pass
-        for fd in (r_res, r_out, r_err):
-            os.close(fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        elapsed = time.monotonic() - t0
-        self.clean_tmp(tmpdir)
+        raise OSError("fork failed (EAGAIN) for 2 s")
 
-        status = statuses.get(pid)
-        exit_code = sig = None
-        if status is not None:
-            if os.WIFSIGNALED(status):
-                sig = os.WTERMSIG(status)
-            elif os.WIFEXITED(status):
-                exit_code = os.WEXITSTATUS(status)
-        passed_set = set()
-        failures = []
-        done = False
-        expected = set(nonces)
-        for line in b"".join(res.chunks).decode("ascii", "replace").splitlines():
-            parts = line.split(" ")
-            if len(parts) == 2 and parts[0] == "P" and parts[1] in expected:
-                passed_set.add(parts[1])
-            elif len(parts) == 2 and parts[0] == "D" and parts[1] == done_nonce:
+    def _sample_dir(self):
+        if self.namespaces:
+            return None
+        self.counter += 1
+        path = os.path.join(self.tmp_root, f"rh_sample_{os.getpid()}_{self.counter}_{os.urandom(4).hex()}")
+        os.mkdir(path, 0o700)
+        return path
+
+    def _clean(self, path):
+        if path:
+            def onerror(func, p, exc_info):
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.dirname(p), 0o700)
+                    os.chmod(p, 0o700)
+                with contextlib.suppress(OSError):
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        os.unlink(p)
+            shutil.rmtree(path, onerror=onerror)
+
+    def _oom(self):
+        kills = _read_oom_kills(self.oom_file)
+        oom = kills > self.oom_kills
+        self.oom_kills = kills
+        return oom
+
+    def _finish_solution(self, pid, pidfd):
+        """SIGKILL the solution's process (in a pid namespace: all of it) and wait until the zygote reaped it."""
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        return self.zygote.wait_exit(pid)
+
+    @staticmethod
+    def _status(status):
+        if status is None:
+            return None, None
+        if os.WIFSIGNALED(status):
+            return None, os.WTERMSIG(status)
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status), None
+        return None, None
+
+    # -- one job ----------------------------------------------------------------------------------------------
+    def run(self, job):
+        kind = job["kind"]
+        self.zygote.cpu_ms = self.tester.cpu_ms = 0.0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        if kind == "io":
+            result = self.run_io(job)
+        elif kind == "program":
+            result = self.run_program(job)
+        else:
+            result = self.run_call(job)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_ms"] = {"solution": round(self.zygote.cpu_ms, 3), "tests": round(self.tester.cpu_ms, 3),
+                            "worker": round((after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+                                            * 1000, 3)}
+        return result
+
+    def run_call(self, job):
+        cfg = self._limits(job["timeout_s"])
+        t0 = time.monotonic()
+        tmpdir = self._sample_dir()
+        code_r, code_w = os.pipe()
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        try:
+            pid, pidfd = self.zygote.spawn("serve", cfg, [devnull, out_w, err_w, code_r, req_r, resp_w], tmpdir)
+        finally:
+            for fd in (code_r, devnull, out_w, err_w, req_r, resp_w):
+                os.close(fd)
+        body = json.dumps(job).encode()
+        try:
+            job_w = self.tester.submit(job["id"], body, req_w, resp_r)
+        except OSError:
+            self.tester.stop()
+            job_w = self.tester.submit(job["id"], body, req_w, resp_r)
+        finally:
+            os.close(req_w)
+            os.close(resp_r)
+        out, err = _Capped(int(job["max_output_bytes"])), _Capped(int(job["max_output_bytes"]))
+        verdicts, timed_out, killed_at = self._pump_call(job, {out_r: out, err_r: err}, code_w, job_w, body,
+                                                         pidfd, t0)
+        exited_alone = killed_at is None and _readable(pidfd)
+        status = self._finish_solution(pid, pidfd)
+        _drain({out_r: out, err_r: err})
+        self._clean(tmpdir)
+        exit_code, sig = self._status(status) if exited_alone else (None, None)
+        result = {"id": job["id"], "kind": "call", "total": int(job["total"]), "timed_out": timed_out,
+                  "exit_code": exit_code, "signal": sig, "oom": self._oom(),
+                  "stdout": out.text(), "stderr": err.text(), "truncated": out.truncated or err.truncated,
+                  "elapsed": round(time.monotonic() - t0, 6)}
+        if verdicts is None:  # the test process died or hung: replaced; the sample runs again (supervisor)
+            return {"id": job["id"], "worker_lost": "the test process died or hung"}
+        passed, failures, done, unsupported = set(), [], False, []
+        for msg in verdicts:
+            if "t" in msg:
+                if msg.get("ok"):
+                    passed.add(int(msg["t"]))
+                elif len(failures) < 200:
+                    failures.append([int(msg["t"]), str(msg.get("type", ""))[:100], str(msg.get("msg", ""))[:1000]])
+            elif msg.get("finished"):
                 done = True
-            elif len(parts) == 3 and parts[0] == "F" and len(failures) < 1000:
-                failures.append([parts[1], parts[2][:100]])
-        oom_kills = _read_oom_kills(self.oom_file)
-        oom = oom_kills > self.oom_kills
-        self.oom_kills = oom_kills
-        if exit_code == EXIT_SETUP_FAILED and not done:
-            return {"id": job["id"], "infra_error": "sample setup failed (rlimits/chdir) " + err.text()[:500]}
-        return {
-            "id": job["id"],
-            "passed": len(passed_set),
-            "total": len(tests),
-            "done": done,
-            "timed_out": timed_out and not done,
-            "exit_code": exit_code,
-            "signal": sig,
-            "failures": failures,
-            "stdout": out.text(),
-            "stderr": err.text(),
-            "truncated": out.truncated or err.truncated,
-            "elapsed": round(elapsed, 6),
-            "stray_processes": max(len(statuses) - 1, 0),
-            "oom": oom,
-        }
+                result["calls"] = msg.get("calls", 0)
+            elif "unsupported" in msg:
+                unsupported.append(str(msg["unsupported"])[:1000])
+            elif "solution_error" in msg:
+                result["solution_error"] = msg["solution_error"]
+            elif "harness_error" in msg:
+                result["infra_error"] = "test harness failed: " + str(msg["harness_error"])
+        result.update(passed=len(passed), failures=failures, done=done, unsupported=unsupported)
+        if exit_code == EXIT_SETUP_FAILED and not passed:
+            result["infra_error"] = "solution process setup failed: " + err.text()[-500:]
+        return result
+
+    def _pump_call(self, job, reads, code_w, job_w, body, pidfd, t0):
+        """Feed the code and the job, collect output and the verdict batch.
+
+        At the deadline the solution's process is killed: a test process waiting on it then finishes at once
+        (every later call fails). A test process that still does not finish within the grace is replaced.
+        Returns (verdicts or None if the test process was lost, timed out, when the solution was killed).
+        """
+        tester = self.tester
+        res_r = tester.res_r
+        pending = {code_w: memoryview(job["code"].encode()), job_w: memoryview(body)}
+        for fd in pending:
+            os.set_blocking(fd, False)
+        open_reads = list(reads)
+        deadline = t0 + float(job["timeout_s"])
+        grace = 1.0
+        killed_at = None
+        verdicts = None
+        lost = False
+        while verdicts is None and not lost:
+            now = time.monotonic()
+            if killed_at is None and now >= deadline:
+                killed_at = now
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            if killed_at is not None and now >= killed_at + grace:
+                lost = True
+                break
+            limit = (deadline if killed_at is None else killed_at + grace) - now
+            wanted = [fd for fd, view in pending.items() if view]
+            readable, writable, _ = select.select([*open_reads, res_r, tester.pidfd], wanted, [], max(limit, 0))
+            for fd in writable:
+                try:
+                    n = os.write(fd, pending[fd][:1 << 16])
+                    pending[fd] = pending[fd][n:]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the reader is gone
+                    pending[fd] = pending[fd][:0]
+                if fd == code_w and not pending[fd]:
+                    os.close(code_w)  # EOF: the solution's process starts running the code
+                    del pending[code_w]
+            for fd in readable:
+                if fd == res_r or fd == tester.pidfd:
+                    data = _read_rest(res_r) if fd == tester.pidfd else os.read(res_r, 1 << 20)
+                    tester.buf += data
+                    verdicts = self._verdicts(job["id"])
+                    if verdicts is None and (fd == tester.pidfd or not data):
+                        lost = True  # the test process died without finishing this sample
+                        break
+                elif fd in reads:
+                    data = os.read(fd, 1 << 16)
+                    if data:
+                        reads[fd].add(data)
+                    else:
+                        open_reads.remove(fd)
+        if code_w in pending:
+            os.close(code_w)
+        if lost or tester.restart_requested:
+            tester.stop()
+        return (None if lost else verdicts), killed_at is not None, killed_at
+
+    def _verdicts(self, job_id):
+        """The complete batch for ``job_id`` from the test process's buffer, or None while incomplete."""
+        tester = self.tester
+        lines = tester.buf.split(b"\n")
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("done") == job_id:
+                tester.buf = b"\n".join(lines[i + 1:])
+                tester.restart_requested = bool(msg.get("restart"))
+                tester.cpu_ms = float(msg.get("cpu_ms", 0.0))
+                return out
+            out.append(msg)
+        return None
+
+    def _run_once(self, mode, job, stdin_data, out_cap, timeout_s, want_answer=False):
+        """One solution process on ``stdin_data``: (timed_out, exit code, signal, stdout, stderr, answer, s)."""
+        cfg = self._limits(timeout_s)
+        t0 = time.monotonic()
+        tmpdir = self._sample_dir()
+        code_r, code_w = os.pipe()
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ans_r, ans_w = os.pipe() if want_answer else (None, None)
+        devnull = os.open("/dev/null", os.O_RDWR)
+        fds = [in_r, out_w, err_w, code_r, devnull, ans_w if want_answer else devnull]
+        try:
+            pid, pidfd = self.zygote.spawn(mode, cfg, fds, tmpdir)
+        finally:
+            for fd in {code_r, in_r, out_w, err_w, devnull, ans_w} - {None}:
+                os.close(fd)
+        out, err, ans = _Capped(out_cap), _Capped(int(job["max_output_bytes"])), _Capped(1 << 16)
+        reads = {out_r: out, err_r: err}
+        if want_answer:
+            reads[ans_r] = ans
+        writes = {code_w: job["code"].encode(), in_w: stdin_data.encode()}
+        timed_out = _pump(reads, writes, t0 + timeout_s, stop_fds=(pidfd,))
+        status = self._finish_solution(pid, pidfd)
+        _drain(reads)
+        self._clean(tmpdir)
+        exit_code, sig = self._status(status)
+        return timed_out, exit_code, sig, out, err, ans.text(), time.monotonic() - t0
+
+    def run_io(self, job):
+        t0 = time.monotonic()
+        cases = job["cases"]
+        per_test = float(job["timeout_s"])
+        passed, failures, stdout, stderr = 0, [], "", ""
+        timed_out = truncated = False
+        sig = exit_code = None
+        for i, (stdin_data, expected) in enumerate(cases):
+            cap = max(int(job["max_output_bytes"]), 2 * len(expected) + 65536)
+            t_out, code, s, out, err, _ans, _dt = self._run_once("run", job, stdin_data, cap, per_test)
+            if i == 0 or (not stderr and err.size):
+                stdout, stderr = out.text()[: int(job["max_output_bytes"])], err.text()
+            truncated = truncated or out.truncated
+            if t_out:
+                failures.append([i, "Timeout", f"no result within {per_test:g}s"])
+                timed_out = True
+                # Every later test would most likely hold the worker for the whole limit too.
+                failures.extend([j, "Skipped", "not run after a timeout"] for j in range(i + 1, len(cases)))
+                break
+            if s is not None or code != 0:
+                sig, exit_code = s, code
+                failures.append([i, "RuntimeError", f"exit code {code}" if s is None else f"killed by signal {s}"])
+                continue
+            if out.truncated:
+                failures.append([i, "OutputLimit", "output over the limit"])
+                continue
+            if outputs_match(out.text(), expected, job.get("compare", "lines"), float(job.get("float_tol", 0))):
+                passed += 1
+            else:
+                got = out.text()
+                failures.append([i, "WrongAnswer", f"expected {expected[:200]!r}, got {got[:200]!r}"])
+        return {"id": job["id"], "kind": "io", "passed": passed, "total": len(cases), "failures": failures[:200],
+                "done": not timed_out, "timed_out": timed_out, "signal": sig, "exit_code": exit_code,
+                "oom": self._oom(), "stdout": stdout, "stderr": stderr, "truncated": truncated,
+                "elapsed": round(time.monotonic() - t0, 6)}
+
+    def run_program(self, job):
+        timed_out, code, sig, out, err, ans, dt = self._run_once(
+            "program", job, "", int(job["max_output_bytes"]), float(job["timeout_s"]), want_answer=True)
+        answer, source = None, ""
+        try:
+            msg = json.loads(ans.splitlines()[0]) if ans.strip() else {}
+        except ValueError:
+            msg = {}
+        if not timed_out and code == 0 and sig is None:
+            if isinstance(msg.get("value"), str):
+                answer, source = msg["value"], "solution()"
+            else:
+                lines = [line.strip() for line in out.text().splitlines() if line.strip()]
+                if lines:
+                    answer, source = lines[-1], "stdout"
+        return {"id": job["id"], "kind": "program", "answer": answer, "answer_source": source,
+                "timed_out": timed_out, "exit_code": code, "signal": sig, "oom": self._oom(),
+                "stdout": out.text(), "stderr": err.text(), "truncated": out.truncated or err.truncated,
+                "elapsed": round(dt, 6), "passed": 0, "total": 1, "failures": [], "done": answer is not None}
 
 
 def worker_main(cfg):
@@ -264,7 +619,14 @@ def worker_main(cfg):
         subreaper = False
     with contextlib.suppress(OSError):
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _nondumpable()
+    # Writes to a process that died (a solution's code pipe) must fail with EPIPE, not kill the worker.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    cfg["namespaces"] = bool(cfg.get("namespaces")) and bool(_cap_eff() & (1 << 21))
+    # What every solution and test process needs, imported once here (then shared copy-on-write) instead of
+    # once per sample: linecache pulls in tokenize and re, a few milliseconds each time.
+    import linecache  # noqa: F401
+    import traceback  # noqa: F401
     worker = Worker(cfg)
     hello = {
         "op": "hello",
@@ -273,8 +635,8 @@ def worker_main(cfg):
         "euid": os.geteuid(),
         "ns": {k: _ns_id(k) for k in ("net", "pid", "mnt", "user")},
         "subreaper": subreaper,
+        "namespaces": cfg["namespaces"],
         "python": sys.version.split()[0],
-        "tmp_writable": os.access(worker.tmp_root, os.W_OK),
         "cgroup_oom_file": bool(worker.oom_file) and os.path.exists(worker.oom_file),
     }
     _write_all(1, (json.dumps(hello) + "\n").encode())
@@ -289,6 +651,10 @@ def worker_main(cfg):
         job = json.loads(line)
         try:
             result = worker.run(job)
+        except WorkerPoisoned as exc:
+            _write_all(1, (json.dumps({"id": job.get("id"), "worker_lost": f"poisoned: {exc}"}) + "\n").encode())
+            os._exit(1)
         except Exception as exc:
             result = {"id": job.get("id"), "infra_error": f"worker: {type(exc).__name__}: {exc}"}
         _write_all(1, (json.dumps(result) + "\n").encode())
+        worker.zygote.drain()

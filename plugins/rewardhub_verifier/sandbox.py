@@ -1,22 +1,24 @@
 """Sandboxed execution of generated Python code against tests (the code verifier's engine).
 
-Design (see ``_sandbox_worker.py`` for the process tree):
+Security model (see ``_sandbox_worker.py`` for the process tree):
 
 * A **supervisor** process (a child of the trainer) is a subreaper with a ``waitpid`` loop; it owns a pool of
-  warm **workers**, replaces any that die or hang, and enforces a deadline per sample on top of the
-  worker's own timeout.
-* Each **worker** is one long-lived interpreter, by preference inside one long-lived bubblewrap sandbox
-  started as uid 65534 (read-only ``/``, private tmpfs ``/tmp``, secrets dirs hidden, own user, pid, net,
-  ipc and uts namespaces). Nothing heavy is imported in it.
-* Each **sample** is ``os.fork()`` of a worker: own process group, rlimits (AS, CPU, NPROC, FSIZE, NOFILE,
-  core 0), own temp dir as cwd (removed afterwards), scrubbed environment, stdout/stderr captured and
-  capped, wall-clock timeout after which every process of the sample is SIGKILLed and reaped.
-* **Proof of completion:** a test counts as passed only when the harness, *after* that test's code ran to its
-  end, writes that test's random nonce to a private result pipe. ``sys.exit``/``os._exit``/``SystemExit``,
-  a self-kill or closed stdout before the tests therefore yield no nonce and no credit.
-
-The isolation actually in force is probed at start-up (``CodeSandbox.isolation``); every fallback below the
-full bubblewrap level is announced with a :class:`RuntimeWarning` and a log line.
+  warm **workers**, replaces any that die or hang, retries the sample a lost worker was running once on a
+  fresh one, and enforces a deadline per sample on top of the worker's own limits.
+* Each **worker** is one long-lived interpreter inside one long-lived bubblewrap sandbox started as uid 65534
+  (read-only ``/``, secrets dirs hidden, own user, pid, net, ipc and uts namespaces), non-dumpable, holding
+  only CAP_SYS_ADMIN *inside* that user namespace, to create each sample's namespaces.
+* The **solution's process** (model-written code) starts from a zygote whose memory never held a test, in its
+  own pid, mount and IPC namespaces with a fresh size-capped ``/tmp``, ``/dev/shm`` and ``/proc``, with no
+  capability left, no_new_privs, rlimits and a scrubbed environment. It decides nothing.
+* The **verdict** is made out of its reach: asserts, HumanEval ``check`` and call-based tests run in a
+  separate **test process** (own pid namespace, non-dumpable, no capabilities) that calls the solution's
+  functions through a data-only channel (:mod:`rewardhub_verifier._sandbox_codec`: exact builtin values in
+  and out, exceptions as type name and message); stdin/stdout tests are compared by the worker; a
+  program-of-thought answer is compared with the gold answer on the host.
+* **Fail closed:** without bubblewrap, or when it cannot create the namespaces, :class:`CodeSandbox` raises
+  :class:`SandboxUnavailable` saying how to install it. ``backend="unsafe-local"`` runs code anyway, with
+  rlimits, a uid drop and (as root) a network namespace only, and says so on every start.
 """
 
 from __future__ import annotations
@@ -46,12 +48,22 @@ from rewardhub.rewards import Status
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodeResult", "CodeSandbox", "SandboxUnavailable", "extract_code"]
+__all__ = ["BACKENDS", "CodeResult", "CodeSandbox", "SandboxUnavailable", "extract_code"]
+
+#: ``auto``/``bwrap``: bubblewrap or refuse; ``unsafe-local``: no bubblewrap, lower isolation, said on each start
+BACKENDS = ("auto", "bwrap", "unsafe-local")
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+                "and make sure user namespaces are enabled")
+WHY_BWRAP = ("the code verifier runs model-written code, and without bubblewrap's namespaces a sample can reach "
+             "the host's files, /tmp, unix sockets and other samples")
 
 #: the supervisor/worker script, in dependency order: shipped as the concatenation of these files' source text
 _WORKER_SOURCE_PARTS = (
     "_sandbox_sys.py",
-    "_sandbox_sample.py",
+    "_sandbox_codec.py",
+    "_sandbox_untrusted.py",
+    "_sandbox_trusted.py",
+    "_sandbox_zygote.py",
     "_sandbox_worker_loop.py",
     "_sandbox_supervisor.py",
     "_sandbox_worker.py",
@@ -63,7 +75,7 @@ _DEFAULT_HIDDEN = ("/root", "/home", "/run", "/var/tmp", "/mnt", "/media", "/srv
 
 
 class SandboxUnavailable(RuntimeError):
-    """No isolation backend (or not the one explicitly requested) could be started."""
+    """The isolation the code verifier requires cannot be had here; the message says what to install."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,9 @@ class CodeResult:
     exceptions, memory, killed, no code), ``no_answer`` (no code found), ``timeout`` (the wall-clock or
     CPU limit was hit), or ``error`` (*only* a failure of the sandbox itself; such a sample should be masked).
     ``reason`` refines it: ``passed``, ``wrong``, ``timeout``, ``memory``, ``error`` (an exception in the
-    solution/tests, or with ``status=error`` a sandbox failure), ``killed``, ``no_code``.
+    solution/tests, or with ``status=error`` a sandbox failure), ``killed``, ``no_code``, and with
+    ``status=error`` ``unsupported`` (the row's tests need what cannot cross the sandbox boundary) or
+    ``bad_tests`` (the tests could not be read). ``answer`` is a program's answer (program-of-thought runs).
     """
 
     passed: int
@@ -85,6 +99,7 @@ class CodeResult:
     stdout: str = ""
     output_truncated: bool = False
     elapsed_s: float = 0.0
+    answer: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -112,15 +127,6 @@ def extract_code(text: str) -> str:
     if blocks:
         return blocks[-1][1]
     return text
-
-
-def _normalize_tests(tests: str | Sequence[str]) -> list[str]:
-    if isinstance(tests, str):
-        tests = [tests] if tests.strip() else []
-    else:
-        tests = [str(t) for t in tests]
-    # No test at all: the solution running to completion is the one test.
-    return tests or ["pass"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,8 +234,10 @@ class CodeSandbox:
         max_processes: RLIMIT_NPROC per sample (enforced only when running as an unprivileged uid).
         disk_mb: RLIMIT_FSIZE per file, and the size of the private /tmp of a bubblewrap worker.
         max_open_files: RLIMIT_NOFILE per sample.
-        backend: ``"auto"`` (best available, with a warning when it is not bubblewrap), or exactly one of
-            ``"bwrap"``, ``"unshare"`` (network namespace, no bubblewrap), ``"plain"`` (rlimits and uid drop).
+        backend: ``"auto"`` or ``"bwrap"``: bubblewrap with per-sample namespaces, else
+            :class:`SandboxUnavailable` (fail closed). ``"unsafe-local"``: no bubblewrap; rlimits, a uid drop
+            and (as root) a network namespace only; the host's /tmp, /dev/shm and unix sockets stay reachable,
+            samples share a pid namespace. Announced with a warning on every start.
         hide_paths: extra host paths hidden (empty tmpfs) inside a bubblewrap worker; by default /root,
             /home, /run, /var/tmp, /mnt, /media, /srv and the current working directory are hidden.
         sandbox_uid: the unprivileged uid/gid workers run as when the host is root.
@@ -251,8 +259,8 @@ class CodeSandbox:
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
-        if backend not in ("auto", "bwrap", "unshare", "plain"):
-            raise ValueError(f"unknown backend {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.workers = int(workers)
         self.timeout_s = float(timeout_s)
         self.memory_mb = int(memory_mb)
@@ -292,30 +300,77 @@ class CodeSandbox:
         """Host pid of the supervisor process (every sandbox process descends from it)."""
         return self._proc.pid if self._proc is not None else None
 
-    def run(self, code: str, tests: str | Sequence[str]) -> CodeResult:
-        return self.run_many([(code, tests)])[0]
+    def run(self, code: str, tests: Any, **spec: Any) -> CodeResult:
+        """Run one completion against its tests (any format of :func:`~rewardhub_verifier.code_formats.parse_tests`;
+        ``entry_point``, ``fn_name``, ``setup`` and ``time_limit_s`` are passed on)."""
+        return self.run_many([(code, tests, spec)])[0]
 
-    def run_many(self, items: Sequence[tuple[str, str | Sequence[str]]]) -> list[CodeResult]:
-        """Run every (completion, tests) pair; results come back in the input order."""
+    def run_many(self, items: Sequence[tuple[Any, ...]]) -> list[CodeResult]:
+        """Run every ``(completion, tests)`` or ``(completion, tests, spec)``; results in the input order."""
+        jobs = []
+        for item in items:
+            completion, tests = item[0], item[1]
+            spec = dict(item[2]) if len(item) > 2 and item[2] else {}
+            jobs.append(self._job(completion, tests, spec))
+        return self._run_jobs(jobs)
+
+    def run_program(self, completion: str, timeout_s: float | None = None) -> CodeResult:
+        """Run a program-of-thought completion; ``answer`` is ``str(solution())`` or its last printed line."""
+        return self.run_programs([completion], timeout_s)[0]
+
+    def run_programs(self, completions: Sequence[str], timeout_s: float | None = None) -> list[CodeResult]:
+        """:meth:`run_program` for many completions, in parallel over the workers."""
+        jobs = []
+        for completion in completions:
+            code = extract_code(completion or "")
+            if not code.strip():
+                jobs.append(CodeResult(0, 1, Status.NO_ANSWER, "no_code", "no code found in the completion"))
+            else:
+                jobs.append({"kind": "program", "code": code, "timeout_s": float(timeout_s or self.timeout_s),
+                             "budget_s": float(timeout_s or self.timeout_s), "total": 1})
+        return self._run_jobs(jobs)
+
+    def _job(self, completion: str, tests: Any, spec: dict[str, Any]) -> dict[str, Any] | CodeResult:
+        from rewardhub_verifier.code_formats import parse_tests
+
+        try:
+            parsed = parse_tests(tests, entry_point=spec.get("entry_point"), fn_name=spec.get("fn_name"),
+                                 setup=spec.get("setup"))
+        except (ValueError, TypeError) as exc:
+            return CodeResult(0, 0, Status.ERROR, "bad_tests", f"the row's tests cannot be read: {exc}")
+        code = extract_code(completion or "")
+        if not code.strip():
+            return CodeResult(0, parsed.total, Status.NO_ANSWER, "no_code", "no code found in the completion")
+        limit = float(spec.get("time_limit_s") or self.timeout_s)
+        job: dict[str, Any] = {"code": code, "total": parsed.total, "timeout_s": limit, "budget_s": limit}
+        if parsed.kind == "io":
+            job.update(kind="io", cases=[list(c) for c in parsed.cases], budget_s=limit * len(parsed.cases) + 1,
+                       compare=spec.get("compare", "lines"), float_tol=float(spec.get("float_tol", 0.0)))
+        elif parsed.kind == "fncall":
+            job.update(kind="call", tests_kind="fncall", fn_name=parsed.fn_name,
+                       cases=[list(c) for c in parsed.cases])
+        else:
+            job.update(kind="call", tests_kind=parsed.kind, tests=list(parsed.tests), setup=parsed.setup,
+                       entry_point=parsed.entry_point)
+        return job
+
+    def _run_jobs(self, jobs: Sequence[dict[str, Any] | CodeResult]) -> list[CodeResult]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("CodeSandbox is closed")
-            results: list[CodeResult | None] = [None] * len(items)
-            jobs: dict[int, tuple[int, int]] = {}
+            results: list[CodeResult | None] = [None] * len(jobs)
+            pending: dict[int, tuple[int, int]] = {}
             lines = []
-            for index, (completion, tests) in enumerate(items):
-                test_list = _normalize_tests(tests)
-                code = extract_code(completion or "")
-                if not code.strip():
-                    results[index] = CodeResult(0, len(test_list), Status.NO_ANSWER, "no_code",
-                                                "no code found in the completion")
+            for index, job in enumerate(jobs):
+                if isinstance(job, CodeResult):
+                    results[index] = job
                     continue
                 job_id = self._next_id
                 self._next_id += 1
-                jobs[job_id] = (index, len(test_list))
-                lines.append(json.dumps({"id": job_id, "code": code, "tests": test_list}))
-            if jobs:
-                self._exchange(lines, jobs, results)
+                pending[job_id] = (index, int(job["total"]))
+                lines.append(json.dumps(dict(job, id=job_id, max_output_bytes=self.max_output_bytes)))
+            if pending:
+                self._exchange(lines, pending, results)
             return [r for r in results if r is not None]
 
     def stats(self) -> dict[str, Any]:
@@ -362,7 +417,7 @@ class CodeSandbox:
     # -- planning and start-up --------------------------------------------------------------------------------
     def _candidates(self) -> list[tuple[str, str, tuple[str, str] | None, bool]]:
         """(backend, why it is impossible or "", interpreter, drop uid) for each backend to try, best first."""
-        names = ["bwrap", "unshare", "plain"] if self.backend == "auto" else [self.backend]
+        names = ["unshare", "plain"] if self.backend == "unsafe-local" else ["bwrap"]
         root = os.geteuid() == 0
         out = []
         for name in names:
@@ -374,7 +429,7 @@ class CodeSandbox:
             if interp is None:
                 out.append((name, "no Python interpreter reachable by the unprivileged sandbox uid", None, drop))
             elif name == "bwrap" and not shutil.which("bwrap"):
-                out.append((name, "bubblewrap (bwrap) is not installed (apt-get install -y bubblewrap)", None, drop))
+                out.append((name, "bubblewrap (bwrap) is not installed", None, drop))
             else:
                 out.append((name, "", interp, drop))
         return out
@@ -392,6 +447,7 @@ class CodeSandbox:
             "timeout_s": self.timeout_s,
             "max_output_bytes": self.max_output_bytes,
             "host_pidns": host_pidns,
+            "namespaces": name == "bwrap",
         }
         tmp_root_host = None
         if name == "bwrap":
@@ -405,9 +461,14 @@ class CodeSandbox:
             worker_cfg.update(tmp_root=tmp_root_host, private_tmp=False)
         py_argv = [exe, "-I", "-S", "-B", "-c", self._worker_source, "worker", json.dumps(worker_cfg)]
         if name == "bwrap":
+            # CAP_SYS_ADMIN is granted inside the sandbox's own user namespace only (it means nothing on the
+            # host): the worker needs it to give each sample its own pid/mount/IPC namespaces, and every
+            # process that runs job code drops it first. /tmp and /dev are read-only for the worker and the
+            # test process; each solution process mounts its own fresh /tmp and /dev/shm.
             argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
-                    "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
-                    "--proc", "/proc", "--size", str(self.disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+                    "--cap-add", "CAP_SYS_ADMIN", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+                    "--dev", "/dev", "--proc", "/proc", "--size", "1048576", "--tmpfs", "/tmp",
+                    "--remount-ro", "/tmp", "--remount-ro", "/dev"]
             hidden = list(_DEFAULT_HIDDEN) + list(self.hide_paths)
             cwd = os.getcwd()
             if cwd != "/" and not any(cwd == h or cwd.startswith(h + "/") for h in hidden):
@@ -434,6 +495,7 @@ class CodeSandbox:
             "drop_uid": self.sandbox_uid if drop else None,
             "drop_gid": self.sandbox_uid if drop else None,
             "unshare": None,
+            "retries": 1,
         }
         if name == "unshare":
             sup_cfg["unshare"] = "net" if os.geteuid() == 0 else "user+net"
@@ -461,18 +523,30 @@ class CodeSandbox:
                 failures.append(f"{name}: workers did not start ({why})")
                 self._stop_supervisor()
                 continue
+            if name == "bwrap" and not all(h.get("namespaces") for h in ready["workers"]):
+                failures.append("bwrap: started, but the per-sample namespaces cannot be created in it")
+                self._stop_supervisor()
+                continue
             self._plan = plan
             self._describe(plan, ready["workers"])
-            if failures or plan.name != "bwrap" or "netns" not in self._isolation:
-                msg = (f"rewardhub code sandbox is DEGRADED: isolation in force is {self._isolation!r}"
+            if plan.name != "bwrap":
+                msg = (f"rewardhub code sandbox is UNSAFE-LOCAL (asked for with backend/sandbox=unsafe-local): "
+                       f"isolation in force is {self._isolation!r}; no bubblewrap, so samples can reach the "
+                       f"host's /tmp, /dev/shm and unix sockets and share a pid namespace"
                        + (f" (unavailable: {'; '.join(failures)})" if failures else ""))
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)
                 logger.warning(msg)
+                print(msg, file=sys.stderr, flush=True)
             else:
                 logger.info("rewardhub code sandbox: %s", self._isolation)
             return
         self.close()
-        raise SandboxUnavailable("no sandbox backend could start: " + "; ".join(failures))
+        if self.backend == "unsafe-local":
+            raise SandboxUnavailable("no sandbox backend could start: " + "; ".join(failures))
+        raise SandboxUnavailable(
+            f"the code verifier refuses to run code without bubblewrap ({'; '.join(failures)}). Why: {WHY_BWRAP}. "
+            f"Fix: {INSTALL_HINT}. To run it anyway at lower isolation, ask for it explicitly: "
+            f"--reward-arg sandbox=unsafe-local (CodeSandbox(backend='unsafe-local')).")
 
     def _describe(self, plan: _Plan, hellos: list[dict[str, Any]]) -> None:
         host_ns = {k: os.readlink(f"/proc/self/ns/{k}") for k in ("net", "pid", "mnt", "user")}
@@ -486,6 +560,9 @@ class CodeSandbox:
             parts.append("netns")
         if pidns:
             parts.append("pidns")
+        sample_ns = plan.name == "bwrap" and all(h.get("namespaces") for h in hellos)
+        if sample_ns:
+            parts.append("sample-ns")  # per sample: own pid/mount/IPC namespaces, fresh /tmp, /dev/shm, /proc
         if plan.uid_label:
             parts.append(plan.uid_label)
         cgroup = bool(plan.sup_cfg.get("cgroups")) and all(h.get("cgroup_oom_file") for h in hellos)
@@ -505,12 +582,15 @@ class CodeSandbox:
             caveats.append("runs as root: fork bombs are NOT contained")
         if caveats:
             iso += f" ({'; '.join(caveats)})"
+        if plan.name != "bwrap":
+            iso = "unsafe-local: " + iso
         self._isolation = iso
         self._facts = {
             "backend": plan.name,
             "netns": netns,
             "pidns": pidns,
             "private_fs": private_fs,
+            "sample_ns": sample_ns,
             "cgroup": cgroup,
             "uid": plan.sup_cfg["drop_uid"] if plan.sup_cfg["drop_uid"] is not None else os.geteuid(),
             "unprivileged": plan.sup_cfg["drop_uid"] is not None or os.geteuid() != 0,
@@ -658,26 +738,51 @@ class CodeSandbox:
                 results[index] = CodeResult(0, total, Status.ERROR, "error", f"sandbox failure: {failure}")
 
 
+def _failure_text(failures: list[Any]) -> str:
+    lines = []
+    for f in failures[:20]:
+        index, kind, msg = ([*list(f), "", "", ""])[:3]
+        lines.append(f"[test {index}] {kind}: {msg}".rstrip(": ").strip())
+    return "\n".join(lines)
+
+
 def _to_result(msg: dict[str, Any], total: int) -> CodeResult:
+    """One worker result line -> :class:`CodeResult`; only the sandbox's own failures become ``error``."""
     if "infra_error" in msg:
         return CodeResult(0, total, Status.ERROR, "error", f"sandbox failure: {msg['infra_error']}")
     if "worker_lost" in msg:
+        tries = msg.get("attempts", 1)
         if msg["worker_lost"] == "deadline":
-            return CodeResult(0, total, Status.TIMEOUT, "timeout", "the sample's worker missed its deadline")
-        # Workers do not die on their own; the sample (same uid, same sandbox) killed it.
-        return CodeResult(0, total, Status.WRONG, "killed", f"worker lost while running: {msg['worker_lost']}")
-    passed, total = int(msg["passed"]), int(msg["total"])
+            return CodeResult(0, total, Status.TIMEOUT, "timeout",
+                              f"the sample's worker missed its deadline ({tries} attempts)")
+        # Lost again on a fresh worker: the same sample did it twice, so it is the sample's doing.
+        return CodeResult(0, total, Status.WRONG, "killed",
+                          f"worker lost while running, on {tries} fresh workers: {msg['worker_lost']}")
     stderr: str = msg.get("stderr", "")
-    failures = msg.get("failures", [])
-    fail_types = [t for _, t in failures]
-    sig = msg.get("signal")
-    exit_code = msg.get("exit_code")
     extra = dict(stdout=msg.get("stdout", ""), output_truncated=bool(msg.get("truncated")),
                  elapsed_s=float(msg.get("elapsed", 0.0)))
-    detail = stderr[-2000:]
-    if passed == total:
+    if msg.get("kind") == "program":
+        answer = msg.get("answer")
+        if answer is not None:
+            return CodeResult(0, 1, Status.OK, "answered", f"answer from {msg.get('answer_source')}",
+                              answer=answer, **extra)
+        why = ("timeout" if msg.get("timed_out") else "memory" if msg.get("oom") else
+               f"exit code {msg.get('exit_code')}" if msg.get("signal") is None else f"signal {msg.get('signal')}")
+        return CodeResult(0, 1, Status.NO_ANSWER, "timeout" if msg.get("timed_out") else "no_answer",
+                          f"the program gave no answer ({why})\n{stderr[-1500:]}".strip(), **extra)
+    passed, total = int(msg["passed"]), int(msg["total"])
+    failures = msg.get("failures", [])
+    fail_types = [f[1] for f in failures]
+    sig = msg.get("signal")
+    exit_code = msg.get("exit_code")
+    detail = "\n".join(x for x in (_failure_text(failures), stderr[-2000:]) if x)
+    if msg.get("unsupported"):
+        return CodeResult(passed, total, Status.ERROR, "unsupported",
+                          "the row's tests need what cannot cross the sandbox boundary: "
+                          + "; ".join(msg["unsupported"][:3]), **extra)
+    if passed == total and total:
         return CodeResult(passed, total, Status.OK, "passed", detail, **extra)
-    if msg.get("timed_out") or sig in _SIGNAL_TIMEOUT:
+    if msg.get("timed_out") or sig in _SIGNAL_TIMEOUT or "Timeout" in fail_types:
         how = "CPU time limit" if sig in _SIGNAL_TIMEOUT else "wall-clock timeout"
         return CodeResult(passed, total, Status.TIMEOUT, "timeout", f"{how}\n{detail}".strip(), **extra)
     if msg.get("oom") or "MemoryError" in fail_types or (sig is not None and any(h in stderr for h in _MEMORY_HINTS)):
@@ -685,10 +790,9 @@ def _to_result(msg: dict[str, Any], total: int) -> CodeResult:
     if sig is not None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         return CodeResult(passed, total, Status.WRONG, "killed", f"killed by {name}\n{detail}".strip(), **extra)
-    if any(t != "AssertionError" for t in fail_types):
+    if msg.get("solution_error") or any(t not in ("AssertionError", "WrongAnswer") for t in fail_types):
         return CodeResult(passed, total, Status.WRONG, "error", detail, **extra)
     if not msg.get("done"):
         return CodeResult(passed, total, Status.WRONG, "error",
-                          f"exited early (exit code {exit_code}) before the tests finished\n{detail}".strip(),
-                          **extra)
+                          f"the tests did not finish (exit code {exit_code})\n{detail}".strip(), **extra)
     return CodeResult(passed, total, Status.WRONG, "wrong", detail, **extra)

@@ -1,0 +1,132 @@
+"""The data-only value encoding that crosses the boundary between the solution and the test process.
+
+The solution's process (untrusted) and the test process (trusted) share no memory: a test's call of a solution
+function travels as a JSON line of *data*, and so does the return value or the exception. Decoding builds
+only exact builtin values (``int``, ``float``, ``bool``, ``None``, ``str``, ``bytes``, ``bytearray``,
+``list``, ``tuple``, ``dict``, ``set``, ``frozenset``, ``complex``), so no object of the solution's making,
+no subclass with an ``__eq__`` that always says yes, and no patched module can reach the comparison. Anything
+else cannot cross: the encoder raises :class:`CrossingError` and the call fails with a message naming the type.
+
+Format: ``None``/``bool``/``float``/``str`` and ints below :data:`BIG_INT_DIGITS` digits are plain JSON; every
+container is a tagged list, so a bare JSON list is always a tag: ``["l", [...]]`` list, ``["t", [...]]`` tuple,
+``["s", [...]]`` set, ``["f", [...]]`` frozenset, ``["d", [[k, v], ...]]`` dict (any hashable keys, order
+kept), ``["b", "<hex>"]`` bytes, ``["B", "<hex>"]`` bytearray, ``["c", re, im]`` complex, ``["i", "<hex>"]``
+a big int (base 16 has no str-conversion digit limit). Depth and size are capped on both sides.
+
+Shipped as source text with the other ``_sandbox_*`` parts (stdlib only); the host imports it too.
+"""
+
+import json
+
+MAX_DEPTH = 100
+MAX_NODES = 2_000_000
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+BIG_INT_DIGITS = 4000
+
+
+class CrossingError(Exception):
+    """A value cannot cross the sandbox boundary (unsupported type, too deep, too large, malformed)."""
+
+
+def _type_name(value):
+    t = type(value)
+    module = getattr(t, "__module__", "") or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", "?")
+    return name if module in ("builtins", "") else f"{module}.{name}"
+
+
+def encode(value, what="value"):
+    """``value`` as JSON-able data; raises :class:`CrossingError` for anything outside the format."""
+    count = [0]
+
+    def enc(v, depth):
+        count[0] += 1
+        if count[0] > MAX_NODES:
+            raise CrossingError(f"{what} is too large to cross the sandbox boundary (over {MAX_NODES} items)")
+        if depth > MAX_DEPTH:
+            raise CrossingError(f"{what} is nested too deeply (or is cyclic) to cross the sandbox boundary")
+        t = type(v)
+        if v is None or t is bool or t is str or t is float:
+            return v
+        if t is int:
+            if -(10 ** 18) < v < 10 ** 18 or len(format(v, "x")) * 1.21 < BIG_INT_DIGITS:
+                return v
+            return ["i", format(v, "x")]
+        if t is list or t is tuple or t is set or t is frozenset:
+            tag = {list: "l", tuple: "t", set: "s", frozenset: "f"}[t]
+            return [tag, [enc(x, depth + 1) for x in v]]
+        if t is dict:
+            return ["d", [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v.items()]]
+        if t is bytes:
+            return ["b", v.hex()]
+        if t is bytearray:
+            return ["B", v.hex()]
+        if t is complex:
+            return ["c", v.real, v.imag]
+        raise CrossingError(f"{what} of type {_type_name(v)} cannot cross the sandbox boundary")
+
+    return enc(value, 0)
+
+
+def decode(data):
+    """Exact builtin values from :func:`encode`'s output; raises :class:`CrossingError` on anything malformed."""
+    count = [0]
+
+    def dec(d, depth):
+        count[0] += 1
+        if count[0] > MAX_NODES or depth > MAX_DEPTH:
+            raise CrossingError("value too large or too deep")
+        t = type(d)
+        if d is None or t is bool or t is str or t is float or t is int:
+            return d
+        if t is not list or not d or type(d[0]) is not str:
+            raise CrossingError(f"malformed value ({type(d).__name__})")
+        tag = d[0]
+        if tag in ("l", "t", "s", "f") and len(d) == 2 and type(d[1]) is list:
+            items = [dec(x, depth + 1) for x in d[1]]
+            if tag == "l":
+                return items
+            if tag == "t":
+                return tuple(items)
+            try:
+                return set(items) if tag == "s" else frozenset(items)
+            except TypeError as exc:
+                raise CrossingError(f"malformed set: {exc}") from None
+        if tag == "d" and len(d) == 2 and type(d[1]) is list:
+            out = {}
+            for pair in d[1]:
+                if type(pair) is not list or len(pair) != 2:
+                    raise CrossingError("malformed dict")
+                try:
+                    out[dec(pair[0], depth + 1)] = dec(pair[1], depth + 1)
+                except TypeError as exc:
+                    raise CrossingError(f"malformed dict key: {exc}") from None
+            return out
+        if tag in ("b", "B", "i") and len(d) == 2 and type(d[1]) is str:
+            try:
+                if tag == "i":
+                    return int(d[1], 16)
+                raw = bytes.fromhex(d[1])
+            except ValueError:
+                raise CrossingError("malformed bytes or int") from None
+            return raw if tag == "b" else bytearray(raw)
+        if tag == "c" and len(d) == 3 and all(type(x) in (float, int) and type(x) is not bool for x in d[1:]):
+            return complex(float(d[1]), float(d[2]))
+        raise CrossingError(f"malformed value (tag {tag[:20]!r})")
+
+    return dec(data, 0)
+
+
+def dumps(obj):
+    """One ASCII JSON line (no newline inside: strings are escaped), NaN and infinities allowed."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def loads(line):
+    """Parse one line; any failure (syntax, size, nesting) is a :class:`CrossingError`."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise CrossingError("message too large")
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise CrossingError(f"malformed message: {type(exc).__name__}") from None
