@@ -1,8 +1,8 @@
 """The verifier reward plugin: math answers (sympy), code tests (sandboxed) and user-written checkers.
 
 Registers the ``verifier`` reward provider and the ``math`` and ``code`` checkers. The provider runs
-``math`` in a process pool with a hard kill and ``code`` in the sandbox pool; the registered functions
-are in-process conveniences for other providers and scripts.
+``math`` in a process pool with a hard kill, and ``code`` and ``program`` (program-of-thought) in the sandbox
+pool; the registered functions are in-process conveniences for other providers and scripts.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def code_checker(completion: str, row: dict) -> Reward:
     if _sandbox is None:
         _sandbox = CodeSandbox(workers=1)
         atexit.register(_sandbox.close)
-    result = _sandbox.run(completion, row["tests"])
+    result = _sandbox.run(completion, row["tests"], entry_point=row.get("entry_point"), fn_name=row.get("fn_name"))
     if result.status is Status.ERROR:
         return Reward.failed(Status.ERROR, result.detail)
     status = result.status if result.status in (Status.OK, Status.NO_ANSWER) else Status.WRONG

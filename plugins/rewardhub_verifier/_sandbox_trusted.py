@@ -215,6 +215,7 @@ def trusted_server_main(cfg, ctl, job_r, res_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         os.closerange(max(keep) + 1, _MAXFD)
+        os.setsid()
         if cfg.get("namespaces"):
             _drop_capabilities()
         mem = max(int(cfg["memory_mb"]) * 2, 1024) * 1024 * 1024
@@ -300,12 +301,19 @@ def _harness(job, channel, res_w, pristine):
         hello = first["hello"] if type(first) is dict and type(first.get("hello")) is dict else None
     except (EOFError, OSError, CrossingError):
         hello = None
-    if hello is None:
-        channel.broken = "the solution's process ended before it was ready"
-        hello = {}
-    elif hello.get("error"):
-        err = _remote_exception(hello["error"])
-        _emit(res_w, {"solution_error": [type(err).__name__, str(err)[:1000]]})
+    n_tests = len(job["cases"]) if job["tests_kind"] == "fncall" else len(job.get("tests") or [])
+    if hello is None or hello.get("error"):
+        # The solution did not run to its end (it raised, exited or died): no test runs, none passes.
+        if hello is None:
+            error = ["SolutionUnavailable", "the solution's process ended before it was ready"]
+        else:
+            err = _remote_exception(hello["error"])
+            error = [type(err).__name__, str(err)[:1000]]
+        _emit(res_w, {"solution_error": error})
+        for i in range(n_tests):
+            _emit(res_w, {"t": i, "ok": False, "type": error[0], "msg": "the solution did not run to its end"})
+        _emit(res_w, {"finished": True, "calls": 0})
+        return
     ns = _namespace(channel, hello, pristine)
     kind = job["tests_kind"]
     setup = job.get("setup") or ""

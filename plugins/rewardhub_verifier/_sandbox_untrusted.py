@@ -72,11 +72,12 @@ def untrusted_main(cfg, mode, tmpdir):
     try:
         os.closerange(6, _MAXFD)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the zygote ignores it; a solution expects the default
+        # Its own session and process group: kill(0, ...) would otherwise reach the worker's group, the
+        # zygote and the test process included (process groups span pid namespaces).
+        os.setsid()
         if cfg.get("namespaces"):
             _private_filesystems(cfg)
             tmpdir = "/tmp"
-        else:
-            os.setpgid(0, 0)
         # (oom_score_adj 1000, so that the kernel picks us and not the worker if the memory cgroup runs out,
         # is inherited from the zygote.)
         if cfg.get("namespaces"):
@@ -204,7 +205,7 @@ def _hello(ns, exc):
                 budget -= size
                 values[name] = enc
     hello = {"callables": callables, "modules": modules, "values": values}
-    if exc is not None and not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+    if exc is not None:  # sys.exit() too: a solution that stops before the tests passes none of them
         hello["error"] = _exc_payload(exc)["exc"]
     return hello
 
@@ -219,10 +220,18 @@ def _resolve(ns, name):
 
 def _serve(code):
     ns, exc, _code = _exec_main(code)
-    if exc is not None and not isinstance(exc, SystemExit):
-        _print_exception(exc)
+    if exc is not None:
+        # No test will run: say why and stop (dropping what the code allocated, e.g. after a MemoryError).
+        if not isinstance(exc, SystemExit):
+            _print_exception(exc)
+        error = _exc_payload(exc)["exc"]
+        ns.clear()
+        del exc
+        _flush()
+        _write_all(5, (dumps({"hello": {"error": error}}) + "\n").encode())
+        _os_exit(0)
     _flush()
-    _write_all(5, (dumps({"hello": _hello(ns, exc)}) + "\n").encode())
+    _write_all(5, (dumps({"hello": _hello(ns, None)}) + "\n").encode())
     reader = os.fdopen(4, "rb", buffering=1 << 16)
     while True:
         line = reader.readline()

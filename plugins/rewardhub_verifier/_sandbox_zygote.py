@@ -85,7 +85,7 @@ def zygote_main(sock, cfg):
                 cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000
             if not namespaces:
                 with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)  # its session's group (it called setsid)
                 _reap_strays(set(live.values()))
             with contextlib.suppress(OSError):
                 sock.send(json.dumps({"exit": pid, "status": status, "cpu_ms": round(cpu_ms, 3)}).encode())

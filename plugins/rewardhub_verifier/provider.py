@@ -5,7 +5,13 @@ column, or the row's content: ``math`` when it has an ``answer``, ``code`` when 
 
 - ``math``: the final answer is extracted and compared with sympy in a process pool with a hard kill.
 - ``code``: the completion's code runs against the row's tests in the bubblewrap sandbox; partial credit is
-  the share of tests passed.
+  the share of tests passed. Test formats (:mod:`rewardhub_verifier.code_formats`): asserts, HumanEval's
+  ``check(candidate)`` with an ``entry_point`` column, input/output pairs (APPS, CodeContests, LiveCodeBench)
+  and call-based pairs (``fn_name``). Without bubblewrap code rows are refused (``SandboxUnavailable``) unless
+  ``sandbox=unsafe-local`` is given.
+- ``program`` (program-of-thought, ReFT's P-CoT): the completion is a Python program; it runs in the same
+  sandbox, and its answer (``solution()``'s return value, else its last printed line) is compared with the
+  row's ``answer`` by the math equivalence, on the host. Chosen by ``verifier: program`` or ``checker=program``.
 - anything else: a registered verifier, a plain function ``(completion, row) -> float | bool | None``
   (from an installed plugin, ``@rewardhub.verifier`` or ``--verifier file.py``).
 
@@ -26,7 +32,7 @@ from rewardhub.plugins import build_registry
 from rewardhub.rewards import Reward, RewardProvider, Sample, Status, as_reward
 
 log = logging.getLogger(__name__)
-BUILTIN_CHECKERS = ("math", "code")
+BUILTIN_CHECKERS = ("math", "code", "program")
 
 
 class VerifierReward(RewardProvider):
@@ -55,6 +61,12 @@ class VerifierReward(RewardProvider):
         code_memory_mb: int = 512,
         workers: int = 2,
         partial_credit: bool = True,
+        sandbox: str = "bwrap",
+        entry_point_column: str = "entry_point",
+        fn_name_column: str = "fn_name",
+        io_compare: str = "lines",
+        io_float_tol: float = 0.0,
+        code_time_limit_s: float | None = None,
     ):
         super().__init__()
         self.checker = checker
@@ -63,6 +75,14 @@ class VerifierReward(RewardProvider):
         self.math_timeout_s, self.code_timeout_s, self.code_memory_mb = math_timeout_s, code_timeout_s, code_memory_mb
         self.workers = workers
         self.partial_credit = partial_credit
+        from rewardhub_verifier.sandbox import BACKENDS
+
+        if sandbox not in BACKENDS:
+            raise ValueError(f"verifier: sandbox={sandbox!r}; choose one of {', '.join(BACKENDS)}")
+        self.sandbox_backend = sandbox
+        self.entry_point_column, self.fn_name_column = entry_point_column, fn_name_column
+        self.io_compare, self.io_float_tol = io_compare, float(io_float_tol)
+        self.code_time_limit_s = code_time_limit_s
         self.custom: dict[str, Callable] = {n: e.obj for n, e in build_registry().entries["verifier"].items()}
         if checker is not None and checker not in BUILTIN_CHECKERS and checker not in self.custom:
             from rewardhub.errors import UnknownNameError
@@ -106,6 +126,8 @@ class VerifierReward(RewardProvider):
                 scored = self._score_math(batch)
             elif name == "code":
                 scored = self._score_code(batch)
+            elif name == "program":
+                scored = self._score_program(batch)
             elif name in self.custom:
                 scored = self._score_custom(name, batch)
             else:
@@ -131,18 +153,27 @@ class VerifierReward(RewardProvider):
                 out.append(Reward.failed(v.status, v.detail))
         return out
 
-    def _score_code(self, batch: list[Sample]) -> list[Reward]:
+    def _code_sandbox(self):
         if self._sandbox is None:
             from rewardhub_verifier.sandbox import CodeSandbox
 
             self._sandbox = CodeSandbox(workers=self.workers, timeout_s=self.code_timeout_s,
-                                        memory_mb=self.code_memory_mb)
+                                        memory_mb=self.code_memory_mb, backend=self.sandbox_backend)
             log.info("code verifier isolation: %s", self._sandbox.isolation)
-        results = self._sandbox.run_many([(s.completion, s.row[self.tests_column]) for s in batch])
+        return self._sandbox
+
+    def _score_code(self, batch: list[Sample]) -> list[Reward]:
+        items = []
+        for s in batch:
+            spec = {"entry_point": s.row.get(self.entry_point_column), "fn_name": s.row.get(self.fn_name_column),
+                    "setup": s.row.get("test_setup_code"), "compare": self.io_compare,
+                    "float_tol": self.io_float_tol, "time_limit_s": self.code_time_limit_s}
+            items.append((s.completion, s.row.get(self.tests_column), spec))
+        results = self._code_sandbox().run_many(items)
         out = []
         for r in results:
             detail = f"{r.reason}: {r.detail}" if r.detail else r.reason
-            if r.status is Status.ERROR:  # the sandbox itself failed: mask, never a silent 0
+            if r.status is Status.ERROR:  # the sandbox or the row failed, not the completion: mask, never a 0
                 out.append(Reward.failed(Status.ERROR, detail))
             elif r.status is Status.OK:
                 out.append(Reward(self.values[Status.OK], Status.OK, detail))
@@ -152,6 +183,37 @@ class VerifierReward(RewardProvider):
                 credit = r.fraction * self.values[Status.OK] if self.partial_credit else 0.0
                 out.append(Reward(credit, Status.WRONG, detail))
         return out
+
+    def _score_program(self, batch: list[Sample]) -> list[Reward]:
+        """P-CoT: run each program in the sandbox, then compare its answer with the gold one on the host."""
+        runs = self._code_sandbox().run_programs([s.completion for s in batch])
+        out: list[Reward | None] = [None] * len(batch)
+        to_check, where = [], []
+        for i, (s, r) in enumerate(zip(batch, runs)):
+            if r.status is Status.ERROR:
+                out[i] = Reward.failed(Status.ERROR, f"{r.reason}: {r.detail}")
+            elif r.answer is None or s.row.get(self.answer_column) is None:
+                why = r.detail if r.answer is None else f"row has no {self.answer_column!r}"
+                out[i] = (Reward(self.values[Status.NO_ANSWER], Status.NO_ANSWER, why) if r.answer is None
+                          else Reward.failed(Status.ERROR, why))
+            else:
+                # Boxed, so the extractor takes the program's answer whole (not, say, the last number of "3/4").
+                to_check.append((f"\\boxed{{{r.answer}}}", str(s.row[self.answer_column])))
+                where.append((i, r.answer))
+        if to_check:
+            if self._math_pool is None:
+                from rewardhub_verifier.math_pool import MathCheckPool
+
+                self._math_pool = MathCheckPool(workers=self.workers, timeout_s=self.math_timeout_s)
+            for (i, answer), v in zip(where, self._math_pool.check_many(to_check)):
+                detail = f"program answered {answer[:200]!r}: {v.detail}"
+                if v.status in (Status.OK, Status.WRONG):
+                    out[i] = Reward(self.values[v.status], v.status, detail)
+                elif v.status is Status.NO_ANSWER:
+                    out[i] = Reward(self.values[Status.WRONG], Status.WRONG, detail)
+                else:
+                    out[i] = Reward.failed(v.status, v.detail)
+        return out  # type: ignore[return-value]
 
     def _score_custom(self, name: str, batch: list[Sample]) -> list[Reward]:
         fn = self.custom[name]
