@@ -79,14 +79,22 @@ class Channel:
         self.calls = 0
 
     def read(self):
-        while b"\n" not in self.buf:
-            if len(self.buf) > _MAX_LINE:
+        """One line; chunks are joined once (a pipe gives 64 KiB per read, and a line may be megabytes)."""
+        end = self.buf.find(b"\n")
+        chunks, size = [self.buf], len(self.buf)
+        while end < 0:
+            if size > _MAX_LINE:
                 raise CrossingError("message from the solution too large")
             data = os.read(self.r, 1 << 20)
             if not data:
                 raise EOFError
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
+            at = data.find(b"\n")
+            if at >= 0:
+                end = size + at
+            chunks.append(data)
+            size += len(data)
+        buf = b"".join(chunks) if len(chunks) > 1 else self.buf
+        line, self.buf = buf[:end], buf[end + 1:]
         return loads(line)
 
     def call(self, name, args, kwargs):
