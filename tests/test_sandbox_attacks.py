@@ -133,6 +133,23 @@ def test_patched_builtins_and_stdlib_stay_in_the_solution(sb):
     assert sb.run(honest, [tests[0], tests[3]]).status == Status.OK
 
 
+def test_solution_names_cannot_shadow_the_tests_builtins(sb):
+    code = WRONG_ADD + (
+        "def sorted(x):\n    return [1, 2, 3]\n"
+        "def len(x):\n    return 3\n"
+        "def isinstance(a, b):\n    return True\n"
+        "AssertionError = None\n"
+        "abs = 0\n"
+        "def perm(xs):\n    return xs\n"
+    )
+    tests = ["assert sorted(perm([3, 1, 2])) == [1, 2, 3]", "assert sorted(perm([9])) == [1, 2, 3]",
+             "assert len(perm([])) == 3", "assert isinstance(perm(1), str)", "assert abs(-1) == 1"]
+    r = sb.run(code, tests)
+    assert r.passed == 2 and r.total == 5, r  # only the two that are true with the real builtins
+    assert sb.run("def sorted(x):\n    return list(x)[::-1]\n", ["assert sorted([1, 2]) == [2, 1]"],
+                  entry_point="sorted").status == Status.OK  # the function under test may take a builtin's name
+
+
 @pytest.mark.parametrize("ret", [
     "AlwaysEqual()",
     "EqInt(5)",

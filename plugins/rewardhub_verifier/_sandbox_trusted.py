@@ -145,20 +145,30 @@ class RemoteFunction:
         return f"<solution function {self.__name__}>"
 
 
-def _namespace(channel, hello, pristine):
+def _namespace(channel, hello, pristine, allowed=()):
+    """The tests' globals: the solution's names as proxies, stdlib modules and data values.
+
+    A solution name that would shadow a builtin (a top-level ``def sorted``, ``len = ...``) is left out, unless
+    the row names it as the function under test: the tests' ``sorted``, ``len`` or ``AssertionError`` are this
+    interpreter's own, never the solution's.
+    """
     ns = {"__name__": "__main__", "__builtins__": dict(pristine)}
+
+    def bindable(name):
+        return isinstance(name, str) and name.isidentifier() and (name not in pristine or name in allowed)
     stdlib = getattr(sys, "stdlib_module_names", ())
     for alias, modname in dict(hello.get("modules", {})).items():
         root = str(modname).split(".")[0]
-        if str(alias).isidentifier() and root in stdlib:
+        if bindable(alias) and root in stdlib:
             with contextlib.suppress(Exception):
                 __import__(str(modname))
                 ns[str(alias)] = sys.modules[str(modname)]
     for name, enc in dict(hello.get("values", {})).items():
-        with contextlib.suppress(CrossingError):
-            ns[str(name)] = decode(enc)
+        if bindable(name):
+            with contextlib.suppress(CrossingError):
+                ns[name] = decode(enc)
     for name in list(hello.get("callables", [])):
-        if isinstance(name, str) and name.isidentifier():
+        if bindable(name):
             ns[name] = RemoteFunction(channel, name)
     return ns
 
@@ -322,7 +332,7 @@ def _harness(job, channel, res_w, pristine):
             _emit(res_w, {"t": i, "ok": False, "type": error[0], "msg": "the solution did not run to its end"})
         _emit(res_w, {"finished": True, "calls": 0})
         return
-    ns = _namespace(channel, hello, pristine)
+    ns = _namespace(channel, hello, pristine, {job.get("entry_point"), job.get("fn_name")})
     kind = job["tests_kind"]
     setup = job.get("setup") or ""
     tests = list(job.get("tests") or [])

@@ -119,7 +119,7 @@ def parse_tests(tests: Any, *, entry_point: str | None = None, fn_name: str | No
             return TestSpec("asserts", tests=("pass",), setup=setup)
         if entry_point and "def check(" in tests:
             return TestSpec("check", tests=(tests,), entry_point=entry_point, setup=setup)
-        return TestSpec("asserts", tests=(tests,), setup=setup)
+        return TestSpec("asserts", tests=(tests,), entry_point=entry_point, setup=setup)
     if isinstance(tests, Mapping):
         return _from_mapping(tests, entry_point, fn_name, setup)
     if isinstance(tests, Sequence):
@@ -131,5 +131,5 @@ def parse_tests(tests: Any, *, entry_point: str | None = None, fn_name: str | No
         if all(isinstance(t, str) for t in items):
             if entry_point and len(items) == 1 and "def check(" in items[0]:
                 return TestSpec("check", tests=(items[0],), entry_point=entry_point, setup=setup)
-            return TestSpec("asserts", tests=tuple(items), setup=setup)
+            return TestSpec("asserts", tests=tuple(items), entry_point=entry_point, setup=setup)
     raise ValueError(f"unrecognised tests of type {type(tests).__name__}")
