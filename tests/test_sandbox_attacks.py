@@ -229,6 +229,18 @@ def test_exceptions_cross_as_their_builtin_type_or_by_name(sb):
     assert r.passed == 3 and "[test 3] ValueError" in r.detail, r
 
 
+def test_tests_that_eval_solution_data_cannot_poison_later_samples(sb1):
+    # A row whose test evals the solution's answer lets that answer run in the test process (the row's own
+    # design), but the test process is then replaced: the next sample is judged by untouched modules.
+    evil = "def f():\n    return \"__import__('math').__dict__.update(isclose=lambda *a, **k: True) or 3\"\n"
+    honest_wrong = "def g():\n    return 5.0\n"
+    tests = ["import math\nassert math.isclose(g(), 2.0)"]
+    r1, r2 = sb1.run_many([(evil, ["assert eval(f()) == 3"]), (honest_wrong, tests)])
+    assert r1.status == Status.OK and (r2.status, r2.passed) == (Status.WRONG, 0), (r1, r2)
+    assert sb1.stats()["retried"] == 0
+    assert sb1.run("def g():\n    return 2.0\n", tests).status == Status.OK
+
+
 def test_arguments_that_cannot_cross_mask_the_row(sb):
     r = sb.run("def apply(f, x):\n    return f(x)\n", ["assert apply(lambda v: v + 1, 1) == 2"])
     assert r.status == Status.ERROR and r.reason == "unsupported", r

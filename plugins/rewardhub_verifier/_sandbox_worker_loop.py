@@ -487,6 +487,8 @@ class Worker:
                     del pending[code_w]
             for fd in readable:
                 if fd == res_r or fd == tester.pidfd:
+                    if verdicts is not None:
+                        continue  # already complete (the test process exits after a batch asking for it)
                     data = _read_rest(res_r) if fd == tester.pidfd else os.read(res_r, 1 << 20)
                     tester.buf += data
                     verdicts = self._verdicts(job["id"])
