@@ -35,6 +35,23 @@ def _type_name(value):
     return name if module in ("builtins", "") else f"{module}.{name}"
 
 
+_BIG = 10 ** 18
+_PLAIN = frozenset((str, float, bool, type(None)))  # (int apart: big ones are tagged)
+_TAGS = {list: "l", tuple: "t", set: "s", frozenset: "f"}
+
+
+def _flat(items):
+    """Whether every item is a plain JSON scalar (what encode and decode pass through unchanged)."""
+    for x in items:
+        t = type(x)
+        if t is int:
+            if not -_BIG < x < _BIG:
+                return False
+        elif t not in _PLAIN:
+            return False
+    return True
+
+
 def encode(value, what="value"):
     """``value`` as JSON-able data; raises :class:`CrossingError` for anything outside the format."""
     count = [0]
@@ -53,8 +70,14 @@ def encode(value, what="value"):
                 return v
             return ["i", format(v, "x")]
         if t is list or t is tuple or t is set or t is frozenset:
-            tag = {list: "l", tuple: "t", set: "s", frozenset: "f"}[t]
-            return [tag, [enc(x, depth + 1) for x in v]]
+            items = list(v)
+            if depth < MAX_DEPTH and _flat(items):  # fast path, same output: flat scalars (a list(range(1000)))
+                count[0] += len(items)
+                if count[0] > MAX_NODES:
+                    raise CrossingError(f"{what} is too large to cross the sandbox boundary (over {MAX_NODES} "
+                                        f"items)")
+                return [_TAGS[t], items]
+            return [_TAGS[t], [enc(x, depth + 1) for x in items]]
         if t is dict:
             return ["d", [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v.items()]]
         if t is bytes:
@@ -83,7 +106,13 @@ def decode(data):
             raise CrossingError(f"malformed value ({type(d).__name__})")
         tag = d[0]
         if tag in ("l", "t", "s", "f") and len(d) == 2 and type(d[1]) is list:
-            items = [dec(x, depth + 1) for x in d[1]]
+            if _flat(d[1]) and depth < MAX_DEPTH:  # fast path (same result): only scalars inside
+                count[0] += len(d[1])
+                if count[0] > MAX_NODES:
+                    raise CrossingError("value too large or too deep")
+                items = list(d[1])
+            else:
+                items = [dec(x, depth + 1) for x in d[1]]
             if tag == "l":
                 return items
             if tag == "t":

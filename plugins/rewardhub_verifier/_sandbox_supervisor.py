@@ -316,7 +316,7 @@ class Supervisor:
                     return
             if 0 in readable:
                 try:
-                    data = os.read(0, 1 << 20)
+                    data = os.read(0, 1 << 16)
                 except BlockingIOError:
                     data = None
                 if data == b"":
@@ -339,7 +339,7 @@ class Supervisor:
                         continue
                 if slot.stdout is not None and slot.stdout in readable:
                     try:
-                        data = os.read(slot.stdout, 1 << 20)
+                        data = os.read(slot.stdout, 1 << 16)
                     except BlockingIOError:
                         continue
                     except OSError:

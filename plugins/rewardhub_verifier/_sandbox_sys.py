@@ -8,7 +8,6 @@ role's module holds only its own logic. Like every ``_sandbox_*`` part, this fil
 
 import ctypes
 import os
-import platform
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -82,29 +81,43 @@ def _write_all(fd, data):
         view = view[n:]
 
 
+_clone_call = None
+
+
 def _fork_new_pidns():
     """``fork()`` into a new pid namespace (the child is its pid 1); needs CAP_SYS_ADMIN in our user namespace.
 
     ``unshare(CLONE_NEWPID)`` works only once per process (and ``setns`` back is refused inside bubblewrap's
     nested user namespace), so this is the raw ``clone`` syscall with ``os.fork``'s interpreter bookkeeping
     (``PyOS_BeforeFork``/``AfterFork``) around it. Returns the child's pid in the parent and 0 in the child.
+    The ctypes functions and arguments are made once: every object touched after the clone costs the child
+    (and the parent) a copy-on-write fault.
     """
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    nr = _SYS_CLONE.get(platform.machine())
-    if nr is None:
-        raise OSError(38, f"clone into a new pid namespace is not implemented for {platform.machine()}")
-    syscall = _libc.syscall
-    syscall.restype = ctypes.c_long
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = syscall(ctypes.c_long(nr), ctypes.c_ulong(_SIGCHLD | CLONE_NEWPID), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+    global _libc, _clone_call
+    if _clone_call is None:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        machine = os.uname().machine  # (not platform.machine(): importing platform costs every zygote child)
+        nr = _SYS_CLONE.get(machine)
+        if nr is None:
+            raise OSError(38, f"clone into a new pid namespace is not implemented for {machine}")
+        syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                                   ctypes.c_ulong, ctypes.c_ulong, use_errno=True)(("syscall", _libc))
+        api = ctypes.pythonapi
+        hooks = []
+        for name in ("PyOS_BeforeFork", "PyOS_AfterFork_Child", "PyOS_AfterFork_Parent"):
+            fn = getattr(api, name)
+            fn.restype, fn.argtypes = None, ()
+            hooks.append(fn)
+        _clone_call = (syscall, (nr, _SIGCHLD | CLONE_NEWPID, 0, 0, 0, 0), *hooks)
+    syscall, args, before, after_child, after_parent = _clone_call
+    before()
+    pid = syscall(*args)
     if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
+        after_child()
         return 0
     err = ctypes.get_errno()
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    after_parent()
     if pid < 0:
         raise OSError(err, f"clone(CLONE_NEWPID): {os.strerror(err)}")
     return pid

@@ -85,7 +85,7 @@ class Channel:
         while end < 0:
             if size > _MAX_LINE:
                 raise CrossingError("message from the solution too large")
-            data = os.read(self.r, 1 << 20)
+            data = os.read(self.r, 1 << 16)  # a pipe holds 64 KiB; a bigger buffer is an mmap per read
             if not data:
                 raise EOFError
             at = data.find(b"\n")
@@ -306,8 +306,21 @@ def _flag_unsupported(channel, res_w):
         channel.unsupported = ""
 
 
+_COMPILED = {}  # (source, name) -> code object: the same row's tests come back for every completion of a group
+_COMPILED_MAX = 512
+
+
 def _compile(source, name):
-    code = compile(source, name, "exec")
+    """Compile a test (or the setup) of the row; code objects are immutable, so they are kept for later samples
+    of this process (a GRPO group runs the same tests for each of its completions)."""
+    key = (source, name)
+    code = _COMPILED.get(key)
+    if code is None:
+        code = compile(source, name, "exec")
+        if len(source) <= 1 << 16:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.clear()
+            _COMPILED[key] = code
     _HARNESS_CODE.add(id(code))
     return code
 

@@ -41,6 +41,9 @@ if __name__ != "__main__":  # imported on the host; when shipped, all parts shar
     )
 
 _os_exit = os._exit
+#: the solution's whole environment (HOME and TMPDIR: its private /tmp)
+SOLUTION_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1"}
 _MAX_VALUE_BYTES = 1 << 20
 
 
@@ -84,13 +87,14 @@ def untrusted_main(cfg, mode, tmpdir):
             _drop_capabilities()
         os.chdir(tmpdir)
         os.umask(0o077)
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": tmpdir, "TMPDIR": tmpdir, "LANG": "C.UTF-8",
-                           "PYTHONDONTWRITEBYTECODE": "1"})
+        env = dict(SOLUTION_ENV, HOME=tmpdir, TMPDIR=tmpdir)
+        if dict(os.environ) != env:  # (the zygote has set it already, with namespaces)
+            os.environ.clear()
+            os.environ.update(env)
         _set_limits(cfg)
         chunks = []
         while True:
-            data = os.read(3, 1 << 20)
+            data = os.read(3, 1 << 16)
             if not data:
                 break
             chunks.append(data)

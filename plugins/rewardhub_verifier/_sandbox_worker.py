@@ -39,9 +39,11 @@ if __name__ != "__main__":  # imported on the host; when shipped, all parts shar
 
 def main(argv):
     role, cfg = argv[1], json.loads(argv[2])
-    if role == "worker":
-        worker_main(cfg)
-    elif role == "supervisor":
+    if role == "worker":  # argv[3]: the zygote's own source (see zygote_exec_main)
+        worker_main(cfg, argv[3] if len(argv) > 3 else None)
+    elif role == "supervisor":  # argv[3:]: the worker's command line (each part its own argument: size limits)
+        if len(argv) > 3:
+            cfg["worker_argv"] = argv[3:]
         supervisor_main(cfg)
     else:
         raise SystemExit(f"unknown role {role!r}")

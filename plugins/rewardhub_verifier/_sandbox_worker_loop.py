@@ -78,19 +78,28 @@ class _Capped:
 class Zygote:
     """The worker's handle on its zygote: spawn requests, and the exit reports that come back."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, source=None):
+        """Fork the zygote; with ``source`` (the zygote's own source text), the child execs a fresh interpreter
+        running it (:func:`zygote_exec_main`), whose small heap makes every solution process cheaper."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = None
+        if source:
+            argv = [sys.executable, "-I", "-S", "-B", "-c", source, "zygote", str(theirs.fileno()),
+                    json.dumps(cfg)]
         pid = os.fork()
         if pid == 0:
-            ours.close()
-            keep = theirs.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, 65536)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1):
-                os.dup2(devnull, fd)
-            os.close(devnull)
             try:
+                ours.close()
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, 65536)
+                devnull = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1):
+                    os.dup2(devnull, fd)
+                os.close(devnull)
+                if argv:
+                    os.set_inheritable(keep, True)
+                    os.execve(argv[0], argv, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
                 zygote_main(theirs, cfg)
             finally:
                 os._exit(1)
@@ -98,6 +107,7 @@ class Zygote:
         self.pid, self.sock = pid, ours
         self.exits = {}
         self.cpu_ms = 0.0  # CPU time of the solution processes waited for in the current job (wait4)
+        self.minflt = 0  # their page faults (minor)
 
     def _recv(self, timeout):
         ready, _, _ = select.select([self.sock], [], [], timeout)
@@ -108,7 +118,7 @@ class Zygote:
             raise WorkerPoisoned("the zygote exited")
         data = json.loads(msg)
         if "exit" in data:
-            self.exits[data["exit"]] = (data["status"], float(data.get("cpu_ms", 0.0)))
+            self.exits[data["exit"]] = (data["status"], float(data.get("cpu_ms", 0.0)), int(data.get("minflt", 0)))
         return data, fds
 
     def spawn(self, mode, cfg, fds, tmpdir=None):
@@ -133,8 +143,9 @@ class Zygote:
             gone = time.monotonic() > deadline or self._recv(max(deadline - time.monotonic(), 0)) is None
             if gone and pid not in self.exits:
                 raise WorkerPoisoned("a solution process did not die")
-        status, cpu_ms = self.exits.pop(pid)
+        status, cpu_ms, minflt = self.exits.pop(pid)
         self.cpu_ms += cpu_ms
+        self.minflt += minflt
         return status
 
     def drain(self):
@@ -246,7 +257,7 @@ def _read_rest(fd):
     chunks = []
     with contextlib.suppress(BlockingIOError, OSError):
         while True:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, 1 << 16)
             if not data:
                 break
             chunks.append(data)
@@ -297,14 +308,14 @@ def outputs_match(got, expected, compare="lines", float_tol=0.0):
 
 
 class Worker:
-    def __init__(self, cfg):
+    def __init__(self, cfg, zygote_source=None):
         self.cfg = cfg
         self.namespaces = bool(cfg.get("namespaces"))
         self.tmp_root = cfg.get("tmp_root") or "/tmp"
         self.counter = 0
         self.oom_file = os.environ.get("RH_OOM_FILE", "")
         self.oom_kills = _read_oom_kills(self.oom_file)
-        self.zygote = Zygote(cfg)  # before any job is read: its memory holds none
+        self.zygote = Zygote(cfg, zygote_source)  # before any job is read: its memory holds none
         self.tester = TestServer(cfg, self._fork_test_process)
         self.tester.start()
 
@@ -372,6 +383,7 @@ class Worker:
     def run(self, job):
         kind = job["kind"]
         self.zygote.cpu_ms = self.tester.cpu_ms = 0.0
+        self.zygote.minflt = 0
         usage = resource.getrusage(resource.RUSAGE_SELF)
         if kind == "io":
             result = self.run_io(job)
@@ -383,6 +395,7 @@ class Worker:
         result["cpu_ms"] = {"solution": round(self.zygote.cpu_ms, 3), "tests": round(self.tester.cpu_ms, 3),
                             "worker": round((after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
                                             * 1000, 3)}
+        result["solution_minflt"] = self.zygote.minflt
         return result
 
     def run_call(self, job):
@@ -489,7 +502,7 @@ class Worker:
                 if fd == res_r or fd == tester.pidfd:
                     if verdicts is not None:
                         continue  # already complete (the test process exits after a batch asking for it)
-                    data = _read_rest(res_r) if fd == tester.pidfd else os.read(res_r, 1 << 20)
+                    data = _read_rest(res_r) if fd == tester.pidfd else os.read(res_r, 1 << 16)
                     tester.buf += data
                     verdicts = self._verdicts(job["id"])
                     if verdicts is None and (fd == tester.pidfd or not data):
@@ -613,7 +626,7 @@ class Worker:
                 "elapsed": round(dt, 6), "passed": 0, "total": 1, "failures": [], "done": answer is not None}
 
 
-def worker_main(cfg):
+def worker_main(cfg, zygote_source=None):
     try:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         subreaper = True
@@ -629,7 +642,7 @@ def worker_main(cfg):
     # once per sample: linecache pulls in tokenize and re, a few milliseconds each time.
     import linecache  # noqa: F401
     import traceback  # noqa: F401
-    worker = Worker(cfg)
+    worker = Worker(cfg, zygote_source)
     hello = {
         "op": "hello",
         "pid": os.getpid(),

@@ -68,6 +68,13 @@ _WORKER_SOURCE_PARTS = (
     "_sandbox_supervisor.py",
     "_sandbox_worker.py",
 )
+#: the zygote's own, smaller script (see ``zygote_exec_main``): what a solution process needs, nothing more
+_ZYGOTE_SOURCE_PARTS = (
+    "_sandbox_sys.py",
+    "_sandbox_codec.py",
+    "_sandbox_untrusted.py",
+    "_sandbox_zygote.py",
+)
 NOBODY = 65534
 _SIGNAL_TIMEOUT = {signal.SIGXCPU}
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc")
@@ -134,10 +141,10 @@ def extract_code(text: str) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _worker_source() -> str:
+def _worker_source(parts: Sequence[str] = _WORKER_SOURCE_PARTS) -> str:
     """Source text of the supervisor/worker script (see ``_sandbox_worker.py``): its parts, concatenated."""
     here = Path(__file__).parent
-    return "\n\n".join(here.joinpath(name).read_text() for name in _WORKER_SOURCE_PARTS)
+    return "\n\n".join(here.joinpath(name).read_text() for name in parts)
 
 
 def _accessible_by_other(path: str) -> bool:
@@ -282,6 +289,7 @@ class CodeSandbox:
         self._cgroup_dirs: list[str] = []  # path prefixes of the per-worker cgroups (removed on close)
         self._closed = False
         self._worker_source = _worker_source()
+        self._zygote_source = _worker_source(_ZYGOTE_SOURCE_PARTS)
         self._start()
 
     # -- public -----------------------------------------------------------------------------------------------
@@ -459,7 +467,8 @@ class CodeSandbox:
                 os.chown(tmp_root_host, self.sandbox_uid, self.sandbox_uid)
             os.chmod(tmp_root_host, 0o700)
             worker_cfg.update(tmp_root=tmp_root_host, private_tmp=False)
-        py_argv = [exe, "-I", "-S", "-B", "-c", self._worker_source, "worker", json.dumps(worker_cfg)]
+        py_argv = [exe, "-I", "-S", "-B", "-c", self._worker_source, "worker", json.dumps(worker_cfg),
+                   self._zygote_source]
         if name == "bwrap":
             # CAP_SYS_ADMIN is granted inside the sandbox's own user namespace only (it means nothing on the
             # host): the worker needs it to give each sample its own pid/mount/IPC namespaces, and every
@@ -600,8 +609,12 @@ class CodeSandbox:
         }
 
     def _launch(self, plan: _Plan) -> dict[str, Any] | None:
+        # The worker's command line follows as separate arguments: in the config it would exceed the kernel's
+        # limit on one argument (MAX_ARG_STRLEN, 128 KiB).
+        sup_cfg = dict(plan.sup_cfg)
+        worker_argv = sup_cfg.pop("worker_argv")
         argv = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", self._worker_source, "supervisor",
-                json.dumps(plan.sup_cfg)]
+                json.dumps(sup_cfg), *worker_argv]
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
             start_new_session=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
@@ -674,7 +687,7 @@ class CodeSandbox:
         if not ready:
             return []
         try:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, 1 << 16)  # (a pipe holds 64 KiB; a larger buffer costs an mmap per read)
         except BlockingIOError:
             return []
         if not data:
