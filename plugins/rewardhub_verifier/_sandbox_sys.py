@@ -15,6 +15,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -31,11 +32,15 @@ _MAXFD = 65536
 _libc = None
 
 
-def _libc_call(name, *args):
+def _libc_handle():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    rc = getattr(_libc, name)(*args)
+    return _libc
+
+
+def _libc_call(name, *args):
+    rc = getattr(_libc_handle(), name)(*args)
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
@@ -81,20 +86,22 @@ def _write_all(fd, data):
         view = view[n:]
 
 
-_clone_call = None
+_clone_calls = {}
 
 
-def _fork_new_pidns():
+def _fork_new_pidns(sibling=False):
     """``fork()`` into a new pid namespace (the child is its pid 1); needs CAP_SYS_ADMIN in our user namespace.
 
     ``unshare(CLONE_NEWPID)`` works only once per process (and ``setns`` back is refused inside bubblewrap's
     nested user namespace), so this is the raw ``clone`` syscall with ``os.fork``'s interpreter bookkeeping
     (``PyOS_BeforeFork``/``AfterFork``) around it. Returns the child's pid in the parent and 0 in the child.
     The ctypes functions and arguments are made once: every object touched after the clone costs the child
-    (and the parent) a copy-on-write fault.
+    (and the parent) a copy-on-write fault. ``sibling``: ``CLONE_PARENT``, the child is our parent's child
+    (our parent waits for it and gets its resource usage; we need not wake up when it exits).
     """
-    global _libc, _clone_call
-    if _clone_call is None:
+    global _libc
+    call = _clone_calls.get(sibling)
+    if call is None:
         if _libc is None:
             _libc = ctypes.CDLL(None, use_errno=True)
         machine = os.uname().machine  # (not platform.machine(): importing platform costs every zygote child)
@@ -109,8 +116,9 @@ def _fork_new_pidns():
             fn = getattr(api, name)
             fn.restype, fn.argtypes = None, ()
             hooks.append(fn)
-        _clone_call = (syscall, (nr, _SIGCHLD | CLONE_NEWPID, 0, 0, 0, 0), *hooks)
-    syscall, args, before, after_child, after_parent = _clone_call
+        flags = _SIGCHLD | CLONE_NEWPID | (CLONE_PARENT if sibling else 0)
+        call = _clone_calls[sibling] = (syscall, (nr, flags, 0, 0, 0, 0), *hooks)
+    syscall, args, before, after_child, after_parent = call
     before()
     pid = syscall(*args)
     if pid == 0:

@@ -108,6 +108,7 @@ class Zygote:
         self.exits = {}
         self.cpu_ms = 0.0  # CPU time of the solution processes waited for in the current job (wait4)
         self.minflt = 0  # their page faults (minor)
+        self.siblings = set()  # solution processes that are our children (the zygote cloned with CLONE_PARENT)
 
     def _recv(self, timeout):
         ready, _, _ = select.select([self.sock], [], [], timeout)
@@ -131,13 +132,25 @@ class Zygote:
             if got is None:
                 break
             data, passed = got
+            if data.get("sibling") and type(data.get("pid")) is int and data["pid"] > 0:
+                # Our own child (CLONE_PARENT): not reaped before we wait for it, so the pid is still its own.
+                self.siblings.add(data["pid"])
+                return data["pid"], os.pidfd_open(data["pid"])
             if "pid" in data and passed:
                 return data["pid"], passed[0]
             if "error" in data:
                 raise OSError(data["error"])
         raise WorkerPoisoned("the zygote did not answer")
 
-    def wait_exit(self, pid, timeout=5.0):
+    def wait_exit(self, pid, timeout=5.0, pidfd=None):
+        if pid in self.siblings:
+            if pidfd is not None and not select.select([pidfd], [], [], timeout)[0]:
+                raise WorkerPoisoned("a solution process did not die")
+            _pid, status, usage = os.wait4(pid, 0)
+            self.siblings.discard(pid)
+            self.cpu_ms += (usage.ru_utime + usage.ru_stime) * 1000
+            self.minflt += usage.ru_minflt
+            return status
         deadline = time.monotonic() + timeout
         while pid not in self.exits:
             gone = time.monotonic() > deadline or self._recv(max(deadline - time.monotonic(), 0)) is None
@@ -366,8 +379,10 @@ class Worker:
         """SIGKILL the solution's process (in a pid namespace: all of it) and wait until the zygote reaped it."""
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        os.close(pidfd)
-        return self.zygote.wait_exit(pid)
+        try:
+            return self.zygote.wait_exit(pid, pidfd=pidfd)
+        finally:
+            os.close(pidfd)
 
     @staticmethod
     def _status(status):

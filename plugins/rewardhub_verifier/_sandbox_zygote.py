@@ -29,6 +29,7 @@ if __name__ != "__main__":  # imported on the host; when shipped, all parts shar
         PR_SET_CHILD_SUBREAPER,
         PR_SET_PDEATHSIG,
         _fork_new_pidns,
+        _libc_handle,
         _nondumpable,
         _prctl,
     )
@@ -106,6 +107,12 @@ def _warm_up(namespaces):
     if namespaces:
         os.environ.clear()
         os.environ.update(SOLUTION_ENV)
+    with contextlib.suppress(Exception):
+        libc = _libc_handle()
+        for name in ("unshare", "mount", "capset", "capget", "prctl"):  # looked up once, not in every child
+            getattr(libc, name)
+        gc.collect()
+        libc.malloc_trim(0)  # free heap pages back to the kernel: fewer page tables for every clone to copy
 
 
 def zygote_main(sock, cfg):
@@ -159,7 +166,9 @@ def zygote_main(sock, cfg):
         req = json.loads(msg)
         pid = None
         try:
-            pid = _fork_new_pidns() if namespaces else os.fork()
+            # With namespaces the child is the worker's (CLONE_PARENT): the worker waits for it, and this process
+            # stays asleep until the next request (each of its wake-ups writes pages shared with the child).
+            pid = _fork_new_pidns(sibling=True) if namespaces else os.fork()
         except OSError as exc:
             err = str(exc)
         if pid == 0:
@@ -177,6 +186,9 @@ def zygote_main(sock, cfg):
             os.close(fd)
         if pid is None:
             sock.send(json.dumps({"error": err}).encode())
+            continue
+        if namespaces:
+            sock.send(b'{"pid": %d, "sibling": true}' % pid)
             continue
         pidfd = os.pidfd_open(pid)
         live[pidfd] = pid
