@@ -140,22 +140,24 @@ def _mount(source, target, fstype, flags, data=None):
                ctypes.c_ulong(flags), data.encode() if data else None)
 
 
+_CapHeader = ctypes.c_uint32 * 2  # (array types made once: making one costs more than the syscalls)
+_CapData = ctypes.c_uint32 * 6
+
+
 def _drop_capabilities():
     """Empty the ambient, effective, permitted and inheritable sets, set no_new_privs, and check it took.
 
     Raises OSError when any capability is left: the caller must not run untrusted code then.
     """
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(ctypes.c_int(PR_CAP_AMBIENT), ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), ctypes.c_ulong(0),
-                ctypes.c_ulong(0), ctypes.c_ulong(0))
-    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()
+    libc = _libc_handle()
+    libc.prctl(ctypes.c_int(PR_CAP_AMBIENT), ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), ctypes.c_ulong(0),
+               ctypes.c_ulong(0), ctypes.c_ulong(0))
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = _CapData()
     _libc_call("capset", header, data)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Read back (ambient caps cannot outlive an empty permitted set: the kernel clears them with it).
-    check = (ctypes.c_uint32 * 6)()
+    check = _CapData()
     _libc_call("capget", header, check)
     if any(check):
         raise OSError(1, f"capabilities left after dropping them: {list(check)}")
