@@ -67,16 +67,30 @@ class TrainArgs:
     resume: bool = opt(True, "resume from the newest checkpoint in --out if there is one")
     report_to: str = opt("none", "tracker: none, tensorboard, wandb (when installed)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    max_time: str | None = opt(None, "training-time budget: seconds or a duration (90, 90s, 10m, 1h30m); the run "
+                               "stops at the first step boundary past it, then checkpoints, evaluates and saves as "
+                               "at --max-steps (none: no limit)")
 
 
 @dataclass
-class SFTConfig(ModelArgs, DataArgs, TrainArgs):
+class EvalRewardArgs:
+    reward: str | None = opt(None, "reward that scores greedy completions of the held-out prompts (accuracy for "
+                             "verifiers, mean reward otherwise); default: the task's reward (verifier for the "
+                             "arithmetic tasks), else exact-match when the rows have an answer column")
+    reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
+                            flag="--reward-arg")
+    verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
+                               flag="--verifier")
+
+
+@dataclass
+class SFTConfig(ModelArgs, DataArgs, TrainArgs, EvalRewardArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
 
     batch_size: int = opt(128, "sequences per micro-batch per device")
     max_steps: int = opt(2000, "optimizer steps")
     completion_only_loss: bool = opt(True, "put the loss on completion tokens only (not the prompt)")
-    eval_max_new_tokens: int = opt(16, "tokens generated per prompt when measuring held-out accuracy")
+    eval_max_new_tokens: int = opt(64, "tokens generated per held-out prompt when scoring the model")
 
     def validate(self) -> None:
         problems = validate_train_args(self)
@@ -100,7 +114,37 @@ def validate_train_args(cfg: Any) -> list[str]:
         problems.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if getattr(cfg, "report_to", "none") not in ("none", "tensorboard", "wandb"):
         problems.append(f"report_to must be none, tensorboard or wandb, got {cfg.report_to!r}")
+    if getattr(cfg, "max_time", None) is not None:
+        try:
+            parse_duration(cfg.max_time)
+        except ValueError as exc:
+            problems.append(f"max_time: {exc}")
     return problems
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``90``, ``90.5``, ``90s``, ``10m``, ``1h30m`` or ``2h``; a ValueError that says the format.
+
+    Example:
+        >>> parse_duration("1h30m"), parse_duration("45"), parse_duration(12.5)
+        (5400.0, 45.0, 12.5)
+    """
+    import re
+
+    raw = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", raw)
+        if not parts or "".join(n + u for n, u in parts) != raw.replace(" ", ""):
+            raise ValueError(f"{text!r} is not a duration; give seconds (90) or units h/m/s (90s, 10m, 1h30m)")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be a positive duration")
+    return seconds
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -207,7 +251,15 @@ def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mappi
     values = read_yaml(yaml_path) if yaml_path else {}
     values.update(explicit)  # a flag the chosen config lacks is reported by build_config, never ignored
     model = values.get("model", getattr(cls, "model", None))
-    for key, value in ((presets or {}).get(model) or {}).items():
+    preset = dict((presets or {}).get(model) or {})
+    if "data_args" in preset:
+        if "data" in values:  # the user's own data: the preset's options for its data do not apply
+            preset.pop("data_args")
+        elif "data_args" in values:  # the preset's data with some options changed: the user's win
+            given = values["data_args"]
+            given = parse_key_values(given, "--data-arg") if isinstance(given, list) else dict(given or {})
+            values["data_args"] = {**preset.pop("data_args"), **given}
+    for key, value in preset.items():
         if key in names:
             values.setdefault(key, value)
     where = f"{yaml_path} or the flags" if yaml_path else "the flags"
@@ -219,8 +271,9 @@ ALGOS = ("ppo", "grpo", "rloo", "dpo")
 
 @dataclass
 class RewardArgs:
-    reward: str = opt("verifier", "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
-                      "module:attr / file.py:attr")
+    reward: str | None = opt(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
+                             "module:attr / file.py:attr; default: the task's reward (verifier for the arithmetic "
+                             "tasks), else verifier")
     reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
                             flag="--reward-arg")
     verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
@@ -303,8 +356,8 @@ class RLConfig(TrainConfig):
                                     "forward/backward; the gradient is unchanged")
     recompute_logprobs: bool = opt(False, "recompute old log-probs with a fresh forward pass instead of reusing the "
                                    "sampler's (needed when sampling runs in another engine or precision)")
-    sft_warmup_steps: int = opt(0, "SFT steps on --data (prompt+completion rows) before RL, the ReFT warm-up; "
-                                "the policy then starts from OUT/sft-warmup/model")
+    sft_warmup_steps: int = opt(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
+                                "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
 
     @property
     def generations(self) -> int:
@@ -375,7 +428,8 @@ class DPOConfig(TrainConfig):
                      "reward's preference_pairs()), online (sample num_generations completions per prompt, "
                      "rank them with the reward, best vs worst), auto (provider when the reward stores "
                      "preferences, e.g. human; else dataset when --data has chosen/rejected; else online)")
-    reward: str = opt("exact-match", "reward that ranks online samples or stores pairs (--pairs online/provider)")
+    reward: str | None = opt(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
+                             "scores the held-out prompts; default: the task's reward, else exact-match")
     beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
     loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSSES)} (ipo uses length-normalised log-probs)")
     label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")

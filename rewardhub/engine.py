@@ -246,8 +246,14 @@ class StepChores:
     step, so rerunning the command resumes there. At the end: a checkpoint of the final step if the schedule
     did not just write one.
 
+    The training-time budget (``cfg.max_time``): :meth:`time_is_up` turns true at the first step boundary past
+    it, and the recipe then leaves its loop and finishes as at ``max_steps`` (final evaluation, checkpoint,
+    model) at :attr:`completed`. The clock starts when :meth:`guard` is entered and leaves out the time spent
+    in held-out evaluations, so two runs given the same budget get the same time to *train*, however often they
+    evaluate. All processes stop at the same step (the decision is all-reduced).
+
     Args:
-        cfg: the run's config (``max_steps``, ``eval_every``, ``save_every``).
+        cfg: the run's config (``max_steps``, ``eval_every``, ``save_every``, ``max_time``).
         logger: the run's :class:`MetricsLogger`.
         checkpointer: the run's :class:`Checkpointer`.
         callbacks: ``cb(step, metrics)`` after every step.
@@ -257,31 +263,70 @@ class StepChores:
 
     def __init__(self, cfg: Any, logger: MetricsLogger, checkpointer: Checkpointer, callbacks=(),
                  evaluate=None, state=dict):
+        from rewardhub.config import parse_duration
+
         self.cfg, self.logger, self.checkpointer = cfg, logger, checkpointer
         self.callbacks, self.evaluate, self.state = list(callbacks), evaluate, state
         self.completed = 0
         self._saved = -1
+        max_time = getattr(cfg, "max_time", None)
+        self.budget_s = parse_duration(max_time) if max_time is not None else None
+        self._t0 = time.monotonic()
+        self._eval_s = 0.0
+        self.stopped_by_time = False
 
     def _save(self, step: int, extra: dict[str, Any]) -> None:
         if step != self._saved:
             self.checkpointer.save(step, {**extra, **self.state()})
             self._saved = step
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in the step loop so far, held-out evaluations left out."""
+        return time.monotonic() - self._t0 - self._eval_s
+
+    def evaluate_now(self, step: int) -> dict[str, float]:
+        """Run the held-out evaluation (its time off the training clock), log it with ``train_time_s``."""
+        t0 = time.monotonic()
+        metrics = self.evaluate()
+        self._eval_s += time.monotonic() - t0
+        metrics = {**metrics, "train_time_s": round(self.train_seconds, 3)}
+        self.logger.log(step, metrics, "eval")
+        return metrics
+
     def after_step(self, step: int, metrics: dict[str, float], info: str = "") -> None:
         cfg = self.cfg
         self.completed = step
         if self.evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-            self.logger.log(step, self.evaluate(), "eval")
+            self.evaluate_now(step)
         if cfg.save_every and step % cfg.save_every == 0:
             self._save(step, {"epoch": metrics["epoch"]} if "epoch" in metrics else {})
         self.logger.advance(step, info)
         for cb in self.callbacks:
             cb(step, metrics)
 
+    def time_is_up(self, step: int) -> bool:
+        """Whether to stop after ``step`` (not the last): the time budget is spent; the same answer on every process."""
+        if self.budget_s is None or step >= self.cfg.max_steps:
+            return False
+        up = self.train_seconds >= self.budget_s
+        accelerator = self.logger.accelerator
+        if accelerator.num_processes > 1:
+            import torch
+
+            flag = torch.tensor(float(up), device=accelerator.device)
+            up = bool(accelerator.reduce(flag, "max") > 0)
+        if up and not self.stopped_by_time:
+            self.stopped_by_time = True
+            log.warning("max_time %s reached after step %d of %d (%.0f s of training): finishing the run there",
+                        self.cfg.max_time, step, self.cfg.max_steps, self.train_seconds)
+        return up
+
     @contextlib.contextmanager
     def guard(self, start: int, stopping: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
         """Run the step loop; on ``stopping`` errors checkpoint the finished steps, close the logger, re-raise."""
         self.completed = start
+        self._t0, self._eval_s = time.monotonic(), 0.0
         try:
             yield self
         except stopping:
@@ -292,9 +337,10 @@ class StepChores:
             raise
 
     def finish(self, start: int) -> None:
-        """Checkpoint the final step (unless the schedule just did)."""
-        if start < self.cfg.max_steps:
-            self._save(self.cfg.max_steps, {"final": True})
+        """Checkpoint the last step (unless the schedule just did): ``max_steps``, or where ``max_time`` stopped."""
+        if self.completed > start:
+            extra = {"final": True, **({"stopped_by": "max_time"} if self.stopped_by_time else {})}
+            self._save(self.completed, extra)
 
 
 def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:

@@ -38,15 +38,27 @@ def generate_completions(model, tokenizer, rows, max_new_tokens: int, temperatur
     return prompts, completions
 
 
-def first_line(text: str) -> str:
-    return text.strip().split("\n", 1)[0].strip()
+def score_greedy(model, tokenizer, rows, provider: RewardProvider, max_new_tokens: int, batch_size: int = 64,
+                 seed: int = 0) -> dict[str, float]:
+    """Held-out metrics every recipe reports: greedy completions of ``rows`` scored by ``provider``.
 
+    Returns ``reward_mean`` (over usable rewards), ``n``, ``frac_failed`` (timeouts/errors, left out of the
+    mean) and, for a provider that reports correctness (the verifier, exact match), ``accuracy``: the share of
+    rows scored ``ok``, failures counted as not correct.
+    """
+    import statistics
 
-def exact_match_accuracy(model, tokenizer, rows, max_new_tokens: int, batch_size: int = 64) -> float:
-    """Share of rows whose greedy completion's first line equals the ``answer`` column."""
-    _, completions = generate_completions(model, tokenizer, rows, max_new_tokens, batch_size=batch_size)
-    hits = sum(first_line(c) == str(a).strip() for c, a in zip(completions, rows["answer"]))
-    return hits / max(len(completions), 1)
+    from rewardhub.rewards import Status
+
+    prompts, completions = generate_completions(model, tokenizer, rows, max_new_tokens, batch_size=batch_size,
+                                                seed=seed)
+    rewards = score_rows(provider, prompts, completions, rows)
+    usable = [r.value for r in rewards if r.usable]
+    out = {"reward_mean": statistics.fmean(usable) if usable else float("nan"), "n": float(len(rewards)),
+           "frac_failed": 1 - len(usable) / max(len(rewards), 1)}
+    if provider.reports_correctness:
+        out["accuracy"] = sum(r.status is Status.OK for r in rewards) / max(len(rewards), 1)
+    return out
 
 
 def score_rows(provider: RewardProvider, prompts: list[str], completions: list[str], rows) -> list[Reward]:

@@ -428,6 +428,21 @@ class _PreallocatedLayer(DynamicLayer if DynamicLayer is not None else object):
         pass
 
 
+def _cache_kwarg(model) -> str:
+    """The name the model's forward takes the KV cache by: ``cache`` (transformers 5.2x) or ``past_key_values``.
+
+    Passing the old name to a new model works but warns on every decode step (and is going away).
+    """
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _preallocate(cache: Any, capacity: int) -> bool:
     """Swap the cache's plain full-attention ``DynamicLayer``s for :class:`_PreallocatedLayer`s, in place.
 
@@ -598,6 +613,7 @@ class TorchBackend:
 
         rows: torch.Tensor | None = None  # original row of each running row; None = all rows, in order
         cur_mask, cur_pos = full_mask, step_pos
+        cache_kwarg = _cache_kwarg(model)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         n_run = B
         steps = 0
@@ -635,8 +651,8 @@ class TorchBackend:
                 input_ids=tokens[:, None],
                 attention_mask=None if cur_mask is None else cur_mask[:, : P + t + 1],
                 position_ids=cur_pos[:, t : t + 1],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_kwarg: cache},
             )
             logits = out.logits[:, -1, :].float()
             cache = out.past_key_values

@@ -121,6 +121,28 @@ def split_reward_args(args: Mapping[str, Any], terms: Sequence[RewardTerm]) -> d
     return routed
 
 
+def task_reward(data: str | None, registry: Registry | None = None) -> str | None:
+    """The ``default_reward`` of the task ``data`` names (``arithmetic``, ``arithmetic-cot:test``), else None."""
+    from rewardhub.data import parse_data_spec
+
+    if not data:
+        return None
+    registry = registry or build_registry()
+    name, _ = parse_data_spec(data)
+    if name not in registry.entries["task"]:
+        return None
+    return registry.get("task", name).obj.default_reward
+
+
+def reward_spec_of(cfg: Any, fallback: str | None) -> str | None:
+    """What ``--reward`` means for a run: the flag, else the task's own reward, else ``fallback``.
+
+    A task knows which reward fits it (``Task.default_reward``), so ``--data arithmetic-cot`` trains and is
+    evaluated against the verifier without naming it; other data fall back to the recipe's default.
+    """
+    return cfg.reward or task_reward(getattr(cfg, "data", None)) or fallback
+
+
 def build_reward(spec: str, args: Mapping[str, Any] | None = None, registry: Registry | None = None) -> RewardProvider:
     """Build the provider for ``spec`` with its options (a single provider, or a :class:`WeightedReward`)."""
     registry = registry or build_registry()

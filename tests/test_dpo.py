@@ -157,9 +157,9 @@ def test_online_dpo_raises_the_provider_score(tiny_model_path, tmp_path):
     final = train_dpo(cfg(tiny_model_path, tmp_path / "out", prompts, held_out, pairs="online", max_steps=25,
                           batch_size=8, num_generations=4, max_new_tokens=6, eval_max_new_tokens=6, lr=1e-2,
                           beta=0.1), provider=DigitCount())
-    print(f"online DPO: held-out digits per completion {final['initial/score']:.2f} -> {final['score']:.2f}")
+    print(f"online DPO: held-out digits {final['initial/reward_mean']:.2f} -> {final['reward_mean']:.2f}")
     assert final["pair_source"] == "online"
-    assert final["score"] >= final["initial/score"] + 1.0
+    assert final["reward_mean"] >= final["initial/reward_mean"] + 1.0
     assert final["train/online/pairs"] > 0
 
 

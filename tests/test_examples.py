@@ -35,17 +35,29 @@ def test_default_train_job_quick_mode(tmp_path, capsys):
                  "--out", str(out), "--threads", "1"])
     assert code == 0
     assert (out / "sft-warmup" / "model" / "config.json").exists()
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert "before/accuracy" in text and "after/accuracy" in text
+    assert f"stage 1/2: SFT warm-up, 20 steps on arithmetic-cot -> {out / 'sft-warmup'}" in text
+    assert "stage 2/2: GRPO against verifier, 3 steps" in text
+    assert "held-out accuracy on 8 problems: before RL" in text and "after RL" in text
+    assert f"metrics: {out / 'metrics.jsonl'}" in text
     assert (out / "model" / "config.json").exists()
+    # the warm-up was scored with the task's reward, on the same scale as RL's before/after
+    warm = [json.loads(x) for x in (out / "sft-warmup" / "metrics.jsonl").read_text().splitlines()]
+    assert warm[-1]["kind"] == "eval" and "accuracy" in warm[-1] and warm[-1]["n"] == 8
 
 
 def test_reft_vs_sft_example_quick(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "examples/reft_vs_sft.py"), "--quick", "--budget-s", "8",
+    result = subprocess.run([sys.executable, str(ROOT / "examples/reft_vs_sft.py"), "--quick",
                              "--out", str(tmp_path / "rvs")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "rvs" / "result.json").read_text())
-    assert "ReFT - SFT" in result.stdout and summary["held_out"] == 100
+    runs = json.loads((tmp_path / "rvs" / "result.json").read_text())
+    assert {(r["setting"], r["seed"]) for r in runs} == {("imperfect", 0), ("clean", 0)}
+    for r in runs:  # both arms start from the same untrained model; SFT-only trains for ReFT's time
+        assert r["sft_only"]["start_model"] == r["warmup"]["start_model"] == "builtin:tiny-llama"
+        assert r["sft_only"]["train_s"] <= r["reft"]["train_s"] * 1.5 + 5
+    assert "imperfect: ReFT - SFT only" in result.stdout and "| clean | 0 |" in result.stdout
+    assert (tmp_path / "rvs" / "reft_vs_sft.png").stat().st_size > 10_000
 
 
 def test_rlaif_judge_example_runs_the_loop_against_a_served_judge(tmp_path):
@@ -67,3 +79,17 @@ def test_human_feedback_dpo_example_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "held-out pairs where the policy prefers the chosen reply" in result.stdout
     assert (tmp_path / "hf" / "dpo" / "model" / "config.json").exists()
+
+
+def test_code_verifier_example_scores_as_documented(tmp_path):
+    import shutil
+
+    import pytest
+
+    if not shutil.which("bwrap"):
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--reward=verifier", "--data", str(ROOT / "examples/code_verifier/rows.jsonl"),
+                 "--output", str(out)]) == 0
+    rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+    assert rewards == [1.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0, 0.1]  # the two hostile rows earn nothing

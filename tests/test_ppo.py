@@ -323,7 +323,9 @@ def test_loss_aggregation_does_not_depend_on_how_the_minibatch_is_split(mode, ti
     train_rl(cfg(tiny_model_path, tmp_path / "four", **{**kw, "grad_accum": 4}), provider=Sevens())
     a, b = load_weights(tmp_path / "one"), load_weights(tmp_path / "four")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        # chunks sum in another order, and AdamW divides tiny gradients by their tiny RMS: at 1e-6 one element
+        # of 2048 was seen 1.07e-6 off; a per-chunk normaliser changes the update itself, not its rounding
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
     # and the mode matters: the token-mean run ends elsewhere
     train_rl(cfg(tiny_model_path, tmp_path / "tok", **{**kw, "loss_agg": "token-mean"}), provider=Sevens())
     c = load_weights(tmp_path / "tok")

@@ -84,7 +84,7 @@ def test_online_dpo_ranked_by_the_reward_model_moves_toward_the_rule(reward_mode
         pairs="online", model=str(tiny_model_path), data="arithmetic", data_args={"size": 500}, reward="reward-model",
         reward_args={"path": str(path)}, max_steps=40, batch_size=16, num_generations=4, max_new_tokens=6,
         eval_max_new_tokens=6, lr=3e-3, eval_size=32, out=str(tmp_path), **COMMON))
-    assert final["score"] > final["initial/score"] + 1.0
+    assert final["reward_mean"] > final["initial/reward_mean"] + 1.0
     assert sevens_per_completion(tmp_path / "model") > sevens_per_completion(tiny_model_path) + 1.0
 
 

@@ -53,6 +53,8 @@ from rewardhub.rewards import RewardProvider, Sample
 log = logging.getLogger(__name__)
 
 #: per-pair statistics summed over a step (then divided by the number of pairs)
+#: --reward when neither the flag nor the task names one
+DPO_FALLBACK_REWARD = "exact-match"
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
              "logps/chosen", "logps/rejected", "logps/accuracy")
 
@@ -240,9 +242,9 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
     own_provider = False
     source, train_rows = resolve_pair_source(cfg, provider)
     if source in ("provider", "online") and provider is None:
-        from rewardhub.reward_resolution import build_reward
+        from rewardhub.reward_resolution import build_reward, reward_spec_of
 
-        provider, own_provider = build_reward(cfg.reward, cfg.reward_args), True
+        provider, own_provider = build_reward(reward_spec_of(cfg, DPO_FALLBACK_REWARD), cfg.reward_args), True
     average = cfg.loss_type == "ipo"
     use_lora = cfg.lora_r > 0
 
@@ -315,15 +317,17 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
                 metrics["lr"] = scheduler.get_last_lr()[0]
                 metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
                 rate.add(metrics.pop("tokens"))
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                stop = chores.time_is_up(step)
+                if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
                     logger.log(step, {**metrics, "tokens_per_s": rate.take()})
                 final.update({f"train/{k}": v for k, v in metrics.items()})
                 chores.after_step(step, metrics,
                                   f"loss {metrics['loss']:.3f} acc {metrics['rewards/accuracies']:.2f}")
+                if stop:
+                    break
         if has_eval:
-            result = evaluate()
-            logger.log(cfg.max_steps, result, "eval")
-            final.update(result)
+            final.update(chores.evaluate_now(chores.completed))
+        final["steps"] = chores.completed
         chores.finish(start)
         final["pair_source"] = source
         if source != "online":
@@ -577,16 +581,10 @@ def evaluate_pairs(ctx: _Context, examples: list[dict]) -> dict[str, float]:
 
 def evaluate_online(ctx: _Context, rows) -> dict[str, float]:
     """Mean provider score of greedy completions for held-out prompts (and accuracy for correctness rewards)."""
-    from rewardhub.evaluation import generate_completions, score_rows
+    from rewardhub.evaluation import score_greedy
 
     model = ctx.accelerator.unwrap_model(ctx.model)
-    prompts, completions = generate_completions(model, ctx.tokenizer, rows, ctx.cfg.eval_max_new_tokens,
-                                                batch_size=max(ctx.cfg.batch_size, 1))
-    rewards = score_rows(ctx.provider, prompts, completions, rows)
-    usable = [r for r in rewards if r.usable]
-    out = {"score": statistics.fmean(r.value for r in usable) if usable else float("nan"),
-           "frac_failed": 1 - len(usable) / max(len(rewards), 1)}
-    if ctx.provider.reports_correctness:
-        out["accuracy"] = sum(r.status.value == "ok" for r in rewards) / max(len(rewards), 1)
+    out = score_greedy(model, ctx.tokenizer, rows, ctx.provider, ctx.cfg.eval_max_new_tokens,
+                       batch_size=max(ctx.cfg.batch_size, 1))
     ctx.model.train()
     return out

@@ -61,14 +61,16 @@ from rewardhub.engine import (
     save_final_model,
 )
 from rewardhub.errors import ConfigError, RewardProviderError
-from rewardhub.evaluation import generate_completions, load_eval_rows, score_rows
+from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend, sequence_logprobs
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
-from rewardhub.reward_resolution import build_reward, summarize
+from rewardhub.reward_resolution import build_reward, reward_spec_of, summarize
 from rewardhub.rewards import Reward, RewardProvider, Sample, Status
 
 log = logging.getLogger(__name__)
 Callback = Callable[[int, dict[str, float]], None]
+#: --reward when neither the flag nor the task names one
+RL_FALLBACK_REWARD = "verifier"
 
 
 class RLState:
@@ -136,7 +138,8 @@ def train_rl(cfg: RLConfig, callbacks: Sequence[Callback] = (), provider: Reward
     if cfg.algo not in RL_ALGOS:
         raise ConfigError(f"train_rl runs {', '.join(RL_ALGOS)}; got algo {cfg.algo!r}")
     own = provider is None
-    provider = provider if provider is not None else build_reward(cfg.reward, cfg.reward_args)
+    provider = provider if provider is not None else build_reward(reward_spec_of(cfg, RL_FALLBACK_REWARD),
+                                                                  cfg.reward_args)
     try:
         return _train(setup(cfg, provider, backend or TorchBackend()), callbacks)
     finally:
@@ -232,20 +235,22 @@ def _train(run: Run, callbacks: Sequence[Callback]) -> dict[str, Any]:
     window: list[dict[str, float]] = []
     with chores.guard(start, stopping=(KeyboardInterrupt, RewardProviderError)):
         if evaluate is not None and start == 0:
-            run.state.eval_before = evaluate()
-            logger.log(0, run.state.eval_before, "eval")
+            run.state.eval_before = chores.evaluate_now(0)
         for step in range(start + 1, cfg.max_steps + 1):
             metrics = rl_step(run, step)
             window.append(metrics)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stop = chores.time_is_up(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
                 logger.log(step, _average(window))
                 window = []
             chores.after_step(step, metrics, f"reward {metrics.get('reward/mean', float('nan')):.3f}")
+            if stop:
+                break
     final: dict[str, Any] = {f"before/{k}": v for k, v in run.state.eval_before.items()}
     if evaluate is not None:
-        after = evaluate()
-        logger.log(cfg.max_steps, after, "eval")
+        after = chores.evaluate_now(chores.completed)
         final.update({f"after/{k}": v for k, v in after.items()})
+    final["steps"] = chores.completed
     chores.finish(start)
     final["model_path"] = str(save_model(run))
     logger.close()
@@ -517,16 +522,9 @@ def reward_metrics(run: Run, rewards: list[Reward], scores: torch.Tensor, valid:
 @torch.no_grad()
 def evaluate_rl(run: Run) -> dict[str, float]:
     """Greedy completions of the held-out prompts, scored by the provider: mean reward (and accuracy)."""
-    rows, cfg = run.eval_rows, run.cfg
-    prompts, completions = generate_completions(run.net.policy, run.tokenizer, rows, cfg.max_new_tokens,
-                                                batch_size=max(cfg.batch_size * cfg.generations, 8), seed=cfg.seed)
-    rewards = score_rows(run.provider, prompts, completions, rows)
-    stats = summarize(rewards)
-    out = {"reward_mean": stats.get("mean", float("nan")), "n": float(len(rewards)),
-           "frac_failed": sum(not r.usable for r in rewards) / max(len(rewards), 1)}
-    if run.provider.reports_correctness:
-        out["accuracy"] = sum(r.status is Status.OK for r in rewards) / max(len(rewards), 1)
-    return out
+    cfg = run.cfg
+    return score_greedy(run.net.policy, run.tokenizer, run.eval_rows, run.provider, cfg.max_new_tokens,
+                        batch_size=max(cfg.batch_size * cfg.generations, 8), seed=cfg.seed)
 
 
 def save_model(run: Run) -> Path:

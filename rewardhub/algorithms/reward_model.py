@@ -156,14 +156,16 @@ def train_reward_model(cfg: RewardModelConfig,
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
             rate.add(metrics.pop("tokens"))
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stop = chores.time_is_up(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
                 logger.log(step, {**metrics, "tokens_per_s": rate.take()})
             final.update({f"train/{k}": v for k, v in metrics.items()})
             chores.after_step(step, metrics, f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}")
+            if stop:
+                break
     if eval_examples is not None:
-        result = evaluate()
-        logger.log(cfg.max_steps, result, "eval")
-        final.update(result)
+        final.update(chores.evaluate_now(chores.completed))
+    final["steps"] = chores.completed
     chores.finish(start)
     calibration = calibrate(accelerator.unwrap_model(model), tokenizer, cfg, train_rows, accelerator.device)
     final.update({f"calibration/{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})

@@ -27,8 +27,10 @@ from rewardhub.engine import (
     save_final_model,
 )
 from rewardhub.errors import DataError
-from rewardhub.evaluation import exact_match_accuracy, load_eval_rows
+from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.models import LoraOptions, load_model, load_tokenizer
+from rewardhub.reward_resolution import build_reward, reward_spec_of
+from rewardhub.rewards import RewardProvider
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -84,20 +86,45 @@ def summed_token_loss(model, ids, mask, labels):
     return loss, int((target != IGNORE).sum())
 
 
-def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float]], None]] = ()) -> dict[str, Any]:
+def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float]], None]] = (),
+              provider: RewardProvider | None = None) -> dict[str, Any]:
     """Run SFT as configured; returns the final metrics (including held-out accuracy when measurable).
 
     Args:
         cfg: the validated configuration.
         callbacks: called as ``cb(step, metrics)`` after every optimizer step (used by tests and tools).
+        provider: scores greedy held-out completions; default: built from ``cfg.reward`` (the task's reward
+            when unset, see :func:`eval_reward_spec`) and closed here.
     """
     cfg.validate()
+    eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
+    spec = eval_reward_spec(cfg, eval_rows)
+    own = provider is None and spec is not None
+    if own:
+        provider = build_reward(spec, cfg.reward_args)
+    try:
+        return _train_sft(cfg, callbacks, eval_rows, provider)
+    finally:
+        if own:
+            provider.close()
+
+
+def eval_reward_spec(cfg: SFTConfig, eval_rows) -> str | None:
+    """The reward that scores held-out completions: ``--reward``, else the task's, else exact match on ``answer``.
+
+    None when there is nothing to score (no held-out prompts, or no reward and no ``answer`` column).
+    """
+    if eval_rows is None or "prompt" not in eval_rows.column_names:
+        return None
+    return reward_spec_of(cfg, "exact-match" if "answer" in eval_rows.column_names else None)
+
+
+def _train_sft(cfg: SFTConfig, callbacks, eval_rows, provider: RewardProvider | None) -> dict[str, Any]:
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                        lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer)
     train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
-    eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
     examples = tokenize_sft(train_rows, tokenizer, cfg.max_length, cfg.completion_only_loss)
     eval_examples = tokenize_sft(eval_rows, tokenizer, cfg.max_length) if eval_rows is not None else None
 
@@ -110,7 +137,7 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"sft__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, "sft")
     evaluate = None if eval_examples is None else (
-        lambda: evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg))
+        lambda: evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg, provider))
     chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate)
     final: dict[str, Any] = {}
     with chores.guard(start):
@@ -123,15 +150,18 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callable[[int, dict[str, float
             window["tokens"] += n_tokens
             metrics = {"loss": loss_sum / max(n_tokens, 1), "lr": scheduler.get_last_lr()[0],
                        "grad_norm": grad_norm, "epoch": order.epoch_of(step * cfg.grad_accum, micro * world)}
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stop = chores.time_is_up(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
                 elapsed = time.time() - window["t0"]
                 logger.log(step, {**metrics, "loss": window["loss_sum"] / max(window["tokens"], 1),
                                   "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)})
                 window = {"loss_sum": 0.0, "tokens": 0, "t0": time.time()}
             chores.after_step(step, metrics, f"loss {metrics['loss']:.3f}")
+            if stop:
+                break
     if evaluate is not None:
-        final = evaluate()
-        logger.log(cfg.max_steps, final, "eval")
+        final = chores.evaluate_now(chores.completed)
+    final["steps"] = chores.completed
     chores.finish(start)
     final["model_path"] = str(save_final_model(accelerator, model, tokenizer, cfg.out))
     logger.close()
@@ -160,8 +190,14 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, examples, order, s
     return loss_sum, total_tokens, grad_norm
 
 
-def evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg: SFTConfig) -> dict[str, float]:
-    """Held-out token loss, and exact-match accuracy of greedy answers when rows carry an ``answer``."""
+def evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg: SFTConfig,
+                 provider: RewardProvider | None = None) -> dict[str, float]:
+    """Held-out token loss, and the provider's verdict on greedy completions of the held-out prompts.
+
+    The verdict is ``reward_mean``, plus ``accuracy`` (the share scored ``ok``) for a provider that reports
+    correctness (the verifier, exact match): the same numbers RL's evaluation reports, so an SFT run and the
+    RL run after it are compared on one scale.
+    """
     import torch
 
     model.eval()
@@ -173,8 +209,8 @@ def evaluate_sft(accelerator, model, tokenizer, eval_examples, eval_rows, cfg: S
             summed, n = summed_token_loss(model, ids, mask, labels)
             loss_sum, n_tokens = loss_sum + float(summed), n_tokens + n
     metrics = {"loss": loss_sum / max(n_tokens, 1)}
-    if "answer" in eval_rows.column_names and "prompt" in eval_rows.column_names:
-        metrics["accuracy"] = exact_match_accuracy(accelerator.unwrap_model(model), tokenizer, eval_rows,
-                                                   cfg.eval_max_new_tokens, batch_size=cfg.batch_size)
+    if provider is not None:
+        metrics.update(score_greedy(accelerator.unwrap_model(model), tokenizer, eval_rows, provider,
+                                    cfg.eval_max_new_tokens, batch_size=cfg.batch_size))
     model.train()
     return metrics

@@ -9,15 +9,22 @@ from rewardhub.config import SFTConfig, add_flags, load_config
 def add_parser(sub):
     p = sub.add_parser("sft", help="supervised fine-tuning (completion-only loss)",
                        description="Supervised fine-tuning on prompt/completion, messages or text data. "
-                       "Defaults: the built-in tiny model on the built-in arithmetic task.")
+                       "Defaults: the built-in tiny model on the built-in arithmetic task. Held-out prompts are "
+                       "answered greedily and scored with --reward (default: the task's own reward).")
     add_flags(p, SFTConfig)
     return p
 
 
 def run(args) -> int:
     from rewardhub.algorithms.sft import train_sft
+    from rewardhub.plugins import register_verifier_file
+    from rewardhub.reward_resolution import check_reward_spec
 
     cfg = load_config(SFTConfig, args)
+    for file in cfg.verifier_files:
+        register_verifier_file(file)
+    if cfg.reward:
+        check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
     final = train_sft(cfg)
     print_summary(f"sft finished: {cfg.out}", final)
     return 0

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rewardhub.config import DPOConfig, RLConfig, add_flags, load_config, read_yaml
 from rewardhub.testing import BUILTIN_TINY
 
-#: Defaults for the built-in tiny model (the default job): a warm-up so a random model can earn reward,
-#: short answers, and a small, fast run. Any flag or YAML key overrides them.
-PRESETS = {BUILTIN_TINY: {"sft_warmup_steps": 1000, "max_new_tokens": 8, "batch_size": 256, "max_steps": 100,
-                          "temperature": 0.7, "lr": 3e-5, "warmup_ratio": 0.2, "kl_coef": 0.01, "value_lr_mult": 100.0}}
+#: Defaults for the built-in tiny model: the default job, ReFT as a demonstration. The built-in
+#: chain-of-thought task with an imperfect teacher (it drops the carry in 60% of the steps that have one, so
+#: about half its demonstrations end wrong), a warm-up long enough that every seed learns the format, then RL
+#: against the verifier on the same questions. Measured in the README ("ReFT"). Any flag or YAML key overrides
+#: them; the preset's data options go with its data (``--data X`` drops them).
+PRESETS = {BUILTIN_TINY: {
+    "data": "arithmetic-cot", "data_args": {"teacher_error": 0.6}, "algo": "grpo",
+    "sft_warmup_steps": 1000, "max_new_tokens": 32, "batch_size": 32, "num_generations": 8, "max_steps": 200,
+    "temperature": 0.7, "lr": 1e-4, "warmup_ratio": 0.1, "kl_coef": 0.0, "eval_size": 500,
+}}
 
 
 def add_parser(sub):
@@ -16,10 +24,11 @@ def add_parser(sub):
         "train", help="train with a reward provider (--algo ppo|grpo|rloo|dpo --reward=X)",
         description="Train a policy against a reward provider: PPO (value head, GAE), GRPO or RLOO, or DPO on "
         "preference pairs (from the data, from the provider's stored preferences, or sampled online and ranked "
-        "by the provider). The reward is resolved (and a typo rejected) before any model is loaded. With "
-        "--algo dpo the defaults are DPOConfig's: --data arithmetic-preferences, --reward exact-match, "
-        "--batch-size 8, --num-generations 4. With the built-in model (the default), RL defaults to a "
-        f"1000-step SFT warm-up and a short run: {PRESETS[BUILTIN_TINY]}.")
+        "by the provider). The reward is resolved (and a typo rejected) before any model is loaded; by default "
+        "it is the task's own reward. --max-steps counts RL (or DPO) steps; --sft-warmup-steps N first runs N "
+        "SFT steps on --data into OUT/sft-warmup (the ReFT warm-up). With --algo dpo the defaults are "
+        "DPOConfig's: --data arithmetic-preferences, --batch-size 8, --num-generations 4. With the built-in model "
+        f"(the default), RL defaults to the ReFT demonstration: {PRESETS[BUILTIN_TINY]}.")
     add_flags(p, RLConfig, DPOConfig)
     return p
 
@@ -33,28 +42,63 @@ def chosen_algo(args) -> str:
 
 
 def run(args) -> int:
-    from rewardhub.cli.common import print_summary
+    from rewardhub.cli.common import console, print_summary
     from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import build_reward, check_reward_spec
+    from rewardhub.reward_resolution import build_reward, check_reward_spec, reward_spec_of
 
-    cfg = load_config(DPOConfig if chosen_algo(args) == "dpo" else RLConfig, args, PRESETS)
+    dpo = chosen_algo(args) == "dpo"
+    # The preset is the RL demonstration's; DPO keeps DPOConfig's own defaults (the help says so).
+    cfg = load_config(DPOConfig, args) if dpo else load_config(RLConfig, args, PRESETS)
     for file in cfg.verifier_files:
         register_verifier_file(file)
+    if dpo:
+        from rewardhub.algorithms.dpo import DPO_FALLBACK_REWARD as fallback
+    else:
+        from rewardhub.algorithms.ppo import RL_FALLBACK_REWARD as fallback
+    cfg.reward = reward_spec_of(cfg, fallback)
     check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
     provider = build_reward(cfg.reward, cfg.reward_args)
     try:
-        if cfg.algo == "dpo":
+        if dpo:
             from rewardhub.algorithms.dpo import train_dpo
 
             final = train_dpo(cfg, provider=provider)
         else:
-            from rewardhub.algorithms.ppo import train_rl
-            from rewardhub.algorithms.warmup import sft_warmup
-
-            if cfg.sft_warmup_steps:
-                cfg.model = sft_warmup(cfg)
-            final = train_rl(cfg, provider=provider)
+            final = _train_rl_stages(cfg, provider, console)
         print_summary(f"{cfg.algo} finished: {cfg.out}", final)
+        if not dpo:
+            _print_outcome(cfg, final, console)
         return 0
     finally:
         provider.close()
+
+
+def _train_rl_stages(cfg: RLConfig, provider, console) -> dict:
+    """The ReFT shape: an optional SFT warm-up stage, then RL against the provider; a banner per stage."""
+    from rewardhub.algorithms.ppo import train_rl
+    from rewardhub.algorithms.warmup import sft_warmup
+
+    stages = 2 if cfg.sft_warmup_steps else 1
+    if cfg.sft_warmup_steps:
+        console.print(f"[bold]stage 1/2: SFT warm-up, {cfg.sft_warmup_steps} steps on {cfg.data} -> "
+                      f"{Path(cfg.out) / 'sft-warmup'}[/]", soft_wrap=True)
+        cfg.model = sft_warmup(cfg, provider)
+    console.print(f"[bold]stage {stages}/{stages}: {cfg.algo.upper()} against {cfg.reward}, {cfg.max_steps} steps "
+                  f"from {cfg.model} -> {cfg.out}[/]", soft_wrap=True)
+    return train_rl(cfg, provider=provider)
+
+
+def _print_outcome(cfg: RLConfig, final: dict, console) -> None:
+    """Held-out result before and after RL, and where everything went."""
+    for key, unit in (("accuracy", "accuracy"), ("reward_mean", "mean reward")):
+        before, after = final.get(f"before/{key}"), final.get(f"after/{key}")
+        if before is not None and after is not None:
+            n = int(final.get("after/n", 0))
+            change = f"{100 * (after - before):+.1f} points" if key == "accuracy" else f"{after - before:+.3f}"
+            shown = (lambda v: f"{v:.1%}") if key == "accuracy" else (lambda v: f"{v:.3f}")
+            console.print(f"[bold]held-out {unit} on {n} problems: before RL {shown(before)} -> after RL "
+                          f"{shown(after)} ({change})[/]", soft_wrap=True)
+            break
+    out = Path(cfg.out)
+    console.print(f"metrics: {out / 'metrics.jsonl'}; sampled completions: {out / 'completions'}/; "
+                  f"model: {final.get('model_path', out / 'model')}", soft_wrap=True)
