@@ -11,8 +11,9 @@ Process tree (root host, bubblewrap available)::
         bwrap  (as uid 65534, --cap-add SYS_ADMIN) --unshare-all: user/pid/net/ipc/uts/cgroup namespaces
           bwrap init (pid 1 of the namespace)
             worker  (role "worker")               non-dumpable; runs no job code; compares stdin/stdout
-              zygote                              forked before any job: its memory holds no test or code
-                solution process (per sample)     own pid/mount/IPC ns, fresh /tmp /dev/shm /proc, no caps
+              zygote                              own small interpreter started before any job: no test or code
+              solution process (per sample)       cloned by the zygote (CLONE_PARENT: the worker's child);
+                                                  own pid/mount/IPC ns, fresh /tmp /dev/shm /proc, no caps
               test process (persistent)           own pid ns, no caps: runs the tests, decides the verdicts
 
 Protocol: JSON lines. host -> supervisor: jobs (``{"id", "kind", "code", ...}``) and ``{"op": "stats"}``;

@@ -2,14 +2,16 @@
 
 A process forked from the worker would inherit the worker's heap: the current row's tests and expected
 outputs, and what is left of earlier samples' code, all readable by the solution (``gc.get_objects()``,
-frames, ``ctypes.string_at``). So the worker forks this process once at start-up, *before it reads any job*,
-and asks it (over a ``SOCK_SEQPACKET`` socket, descriptors passed with ``SCM_RIGHTS``) for each solution
-process. The zygote receives only limits and descriptors, never code or tests: the new process reads its code
-from its own pipe (:mod:`rewardhub_verifier._sandbox_untrusted`).
+frames, ``ctypes.string_at``). So the worker starts this process once at start-up, *before it reads any job*
+(a fresh small interpreter: :func:`zygote_exec_main`), and asks it (over a ``SOCK_SEQPACKET`` socket,
+descriptors passed with ``SCM_RIGHTS``) for each solution process. The zygote receives only limits and
+descriptors, never code or tests: the new process reads its code from its own pipe
+(:mod:`rewardhub_verifier._sandbox_untrusted`).
 
-For each request it clones a child into a new pid namespace (with namespaces) or forks one (unsafe-local),
-answers with the child's pid and a pidfd, and when the child exits reaps it (and, without a pid namespace,
-everything it left behind: the zygote is a subreaper) and reports ``{"exit": pid, "status": wait status}``.
+For each request it clones a child into a new pid namespace as a child of the worker (``CLONE_PARENT``; with
+namespaces: the worker waits for it) and answers with its pid; or (unsafe-local) forks one, answers with the pid
+and a pidfd, and when the child exits reaps it and everything it left behind (the zygote is a subreaper) and
+reports ``{"exit": pid, "status": wait status}``.
 Shipped as source text with the other ``_sandbox_*`` parts.
 """
 
