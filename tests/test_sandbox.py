@@ -442,3 +442,15 @@ def test_unsafe_local_blocks_network_when_it_can():
         r = sb.run("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)", "pass")
         assert r.passed == 0 and "unreachable" in r.detail.lower(), r
         assert sb.run(GOOD, GOOD_TESTS).status == Status.OK
+
+
+def test_starts_from_a_working_directory_under_tmp(tmp_path, monkeypatch):
+    """A checkout under /tmp (a CI clone, a fresh venv there): /tmp is the worker's own tmpfs, so it stays hidden."""
+    work = tmp_path / "checkout"
+    work.mkdir()
+    (work / "secret.txt").write_text("host file")
+    monkeypatch.chdir(work)
+    with CodeSandbox(workers=1, timeout_s=5.0) as sb:
+        assert sb.run(GOOD, GOOD_TESTS).status == Status.OK
+        peek = sb.run(f"import os\nseen = os.path.exists({str(work / 'secret.txt')!r})\n", ["assert not seen"])
+        assert peek.status == Status.OK, peek

@@ -482,7 +482,11 @@ class CodeSandbox:
             cwd = os.getcwd()
             if cwd != "/" and not any(cwd == h or cwd.startswith(h + "/") for h in hidden):
                 hidden.append(cwd)
-            hidden = [h for h in hidden if os.path.isdir(h) and h not in ("/", "/tmp", "/proc", "/dev")]
+            # Under /tmp, /proc or /dev a path is already hidden by that mount's own fresh, read-only tmpfs (and
+            # bwrap could not create a mount point there): a checkout under /tmp would fail to start otherwise.
+            own_mounts = ("/tmp", "/proc", "/dev")
+            hidden = [h for h in (os.path.normpath(h) for h in hidden) if os.path.isdir(h) and h != "/"
+                      and not any(h == m or h.startswith(m + "/") for m in own_mounts)]
             for h in hidden:
                 argv += ["--tmpfs", h]
             rebind = [p for p in {prefix, os.path.dirname(exe)}
