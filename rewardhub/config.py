@@ -73,10 +73,10 @@ class TrainArgs:
 
 
 @dataclass
-class EvalRewardArgs:
-    reward: str | None = opt(None, "reward that scores greedy completions of the held-out prompts (accuracy for "
-                             "verifiers, mean reward otherwise); default: the task's reward (verifier for the "
-                             "arithmetic tasks), else exact-match when the rows have an answer column")
+class RewardArgs:
+    reward: str | None = opt(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
+                             "module:attr / file.py:attr; default: the task's reward (verifier for the arithmetic "
+                             "tasks), else verifier")
     reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
                             flag="--reward-arg")
     verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
@@ -84,11 +84,14 @@ class EvalRewardArgs:
 
 
 @dataclass
-class SFTConfig(ModelArgs, DataArgs, TrainArgs, EvalRewardArgs):
+class SFTConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
 
     batch_size: int = opt(128, "sequences per micro-batch per device")
     max_steps: int = opt(2000, "optimizer steps")
+    reward: str | None = opt(None, "reward that scores greedy completions of the held-out prompts (accuracy for "
+                             "verifiers, mean reward otherwise); default: the task's reward (verifier for the "
+                             "arithmetic tasks), else exact-match when the rows have an answer column")
     completion_only_loss: bool = opt(True, "put the loss on completion tokens only (not the prompt)")
     eval_max_new_tokens: int = opt(64, "tokens generated per held-out prompt when scoring the model")
 
@@ -267,17 +270,6 @@ def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mappi
 
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
-
-
-@dataclass
-class RewardArgs:
-    reward: str | None = opt(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
-                             "module:attr / file.py:attr; default: the task's reward (verifier for the arithmetic "
-                             "tasks), else verifier")
-    reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
-                            flag="--reward-arg")
-    verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
-                               flag="--verifier")
 
 
 @dataclass
