@@ -55,7 +55,7 @@ def parse_args(argv=None):
 def prepare(args, work: Path) -> tuple[Path, Path, float]:
     """Build the model and the pairs once; returns (model dir, data file, prompt+reply tokens per pair)."""
     from rewardhub.tasks.preferences import build_arithmetic_preferences
-    from rewardhub.testing import build_tiny_model, build_tokenizer
+    from rewardhub.tiny_model import build_tiny_model, build_tokenizer
 
     model = work / "model"
     if not (model / "config.json").exists():
@@ -86,8 +86,8 @@ def child(args, name: str, work: Path) -> dict:
     stamps: list[float] = []
     t0 = time.perf_counter()
     if name == "rewardhub-dpo":
-        from rewardhub.algorithms.dpo import train_dpo
         from rewardhub.config import DPOConfig
+        from rewardhub.recipes.dpo import train_dpo
 
         cfg = DPOConfig(model=str(model), data=str(data), out=str(out), max_steps=args.steps,
                         batch_size=args.batch_size, lr=1e-5, warmup_ratio=0.0, max_length=args.max_length,
@@ -95,8 +95,8 @@ def child(args, name: str, work: Path) -> dict:
                         lr_scheduler="linear")
         train_dpo(cfg, callbacks=[lambda step, m: stamps.append(time.perf_counter())])
     elif name == "rewardhub-rm":
-        from rewardhub.algorithms.reward_model import train_reward_model
         from rewardhub.config import RewardModelConfig
+        from rewardhub.recipes.reward_model import train_reward_model
 
         cfg = RewardModelConfig(model=str(model), data=str(data), out=str(out), max_steps=args.steps,
                                 batch_size=args.batch_size, lr=1e-5, warmup_ratio=0.0, max_length=args.max_length,

@@ -2,7 +2,7 @@
 
 The same workload goes through both frameworks, each in its own subprocess (so peak RSS is per framework):
 
-* model: a random-init Llama written once with ``rewardhub.testing.build_tiny_model`` (character tokenizer,
+* model: a random-init Llama written once with ``rewardhub.tiny_model.build_tiny_model`` (character tokenizer,
   distinct pad/eos) and loaded by both with ``from_pretrained``, fp32. ``small``: hidden 256, 4 layers,
   4 heads, intermediate 1024 (~4.2M parameters); ``large``: hidden 512, 8 layers, 8 heads, intermediate 2048
   (~33.6M parameters).
@@ -142,8 +142,8 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
     import torch
 
     torch.set_num_threads(1)
-    from rewardhub.algorithms import ppo
     from rewardhub.config import RLConfig
+    from rewardhub.recipes import rl as ppo
     from rewardhub.rewards import Reward, RewardProvider
 
     zero_std: list[float] = []
@@ -288,7 +288,7 @@ def write_prompts(path: Path) -> None:
 def build_model(path: Path, variant: str) -> int:
     from transformers.utils import logging as hf_logging
 
-    from rewardhub.testing import build_tiny_model
+    from rewardhub.tiny_model import build_tiny_model
 
     hf_logging.disable_progress_bar()
     build_tiny_model(path, seed=SEED, **VARIANTS[variant])

@@ -6,8 +6,8 @@ Run: python examples/grpo_custom_reward.py [--steps 40] [--out runs/grpo-sevens]
 
 import argparse
 
-from rewardhub.algorithms.ppo import train_rl
 from rewardhub.config import RLConfig
+from rewardhub.recipes.rl import train_rl
 from rewardhub.reward_resolution import FunctionReward
 
 

@@ -39,7 +39,7 @@ def reft_recipe(args, setting: str, seed: int, out: Path):
     """The default job's configuration (its preset), for one setting and seed."""
     from rewardhub.cli.train_cmd import PRESETS
     from rewardhub.config import RLConfig
-    from rewardhub.testing import BUILTIN_TINY
+    from rewardhub.tiny_model import BUILTIN_TINY
 
     preset = {**PRESETS[BUILTIN_TINY], "data_args": {"teacher_error": SETTINGS[setting]}}
     if args.quick:
@@ -51,8 +51,8 @@ def reft_recipe(args, setting: str, seed: int, out: Path):
 
 def sft_run(rl_cfg, out: Path, steps: int, max_time: float | None, provider) -> list[dict]:
     """SFT as the warm-up runs it (SFTConfig's defaults), evaluated every ~1/10 of the run; its eval rows."""
-    from rewardhub.algorithms.sft import train_sft
     from rewardhub.config import SFTConfig
+    from rewardhub.recipes.sft import train_sft
 
     cfg = SFTConfig(model=rl_cfg.model, data=rl_cfg.data, data_args=dict(rl_cfg.data_args), out=str(out),
                     seed=rl_cfg.seed, max_steps=steps, max_time=None if max_time is None else str(max_time),
@@ -71,7 +71,7 @@ def eval_rows(out: Path) -> list[dict]:
 
 def run_pair(args, setting: str, seed: int) -> dict:
     """Both arms for one (setting, seed); returns their curves and final accuracies."""
-    from rewardhub.algorithms.ppo import train_rl
+    from rewardhub.recipes.rl import train_rl
     from rewardhub.reward_resolution import build_reward
 
     out = Path(args.out) / f"{setting}-seed{seed}"

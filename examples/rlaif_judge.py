@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from rewardhub.cli.main import main as rewardhub
-from rewardhub.testing import build_tiny_model
+from rewardhub.tiny_model import build_tiny_model
 
 
 def start_judge_server(model_path: str, out: Path) -> tuple[subprocess.Popen, str]:

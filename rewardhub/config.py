@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rewardhub.errors import ConfigError
+from rewardhub.maths.choices import DPO_LOSS_TYPES, KL_ESTIMATORS, LOSS_AGG_MODES
 from rewardhub.options import coerce, parse_key_values, type_name
-from rewardhub.testing import BUILTIN_TINY
+from rewardhub.tiny_model import BUILTIN_TINY
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -286,10 +287,7 @@ class TrainConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
             raise ConfigError(problems)
 
 
-RL_ALGOS = ("ppo", "grpo", "rloo")
 CRITICS = ("policy-head", "separate")
-#: How per-token RL losses add up (verl's ``loss_agg_mode`` names); see ``rl_math.loss_token_weights``.
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 @dataclass
@@ -328,7 +326,7 @@ class RLConfig(TrainConfig):
     scale_rewards: bool = opt(True, "grpo: divide by the group std (false: Dr. GRPO, mean-centred only)")
     kl_coef: float = opt(0.05, "beta: weight of the KL-to-reference penalty in the reward (initial value "
                          "when adaptive_kl)")
-    kl_estimator: str = opt("k1", "per-token KL estimator in the reward: k1 (log ratio) or k3 (non-negative)")
+    kl_estimator: str = opt("k1", "per-token KL estimator: k1 (log ratio), k2 (log ratio squared / 2), k3 (>= 0)")
     kl_in_reward: bool = opt(True, "subtract beta * KL from the reward (false: no KL in the reward)")
     kl_loss_coef: float = opt(0.0, "weight of a k3 KL-to-reference term in the loss (GRPO/DeepSeekMath style)")
     adaptive_kl: bool = opt(False, "adapt beta toward kl_target (Ziegler et al.) instead of keeping it fixed")
@@ -392,8 +390,8 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"gamma and lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
     if cfg.loss_agg not in LOSS_AGG_MODES:
         p.append(f"loss_agg must be one of {', '.join(LOSS_AGG_MODES)}, got {cfg.loss_agg!r}")
-    if cfg.kl_estimator not in ("k1", "k2", "k3"):
-        p.append(f"kl_estimator must be k1, k2 or k3, got {cfg.kl_estimator!r}")
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+        p.append(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {cfg.kl_estimator!r}")
     if cfg.adaptive_kl and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
     if not 0 <= cfg.max_failure_rate <= 1:
@@ -404,7 +402,6 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
 
 
 DPO_PAIR_SOURCES = ("auto", "dataset", "provider", "online")
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 ONLINE_RANKING = ("score", "compare")
 
 
@@ -423,7 +420,7 @@ class DPOConfig(TrainConfig):
     reward: str | None = opt(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
                              "scores the held-out prompts; default: the task's reward, else exact-match")
     beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
-    loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSSES)} (ipo uses length-normalised log-probs)")
+    loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSS_TYPES)} (ipo uses length-normalised log-probs)")
     label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
     rpo_alpha: float = opt(0.0, "weight of the chosen replies' per-token NLL added to the loss (RPO; TRL's "
                            "rpo_alpha); keeps the chosen likelihood from falling with the rejected one")
@@ -452,8 +449,8 @@ def _dpo_problems(cfg: DPOConfig) -> list[str]:
     p = []
     if cfg.pairs not in DPO_PAIR_SOURCES:
         p.append(f"pairs must be one of {', '.join(DPO_PAIR_SOURCES)}, got {cfg.pairs!r}")
-    if cfg.loss_type not in DPO_LOSSES:
-        p.append(f"loss_type must be one of {', '.join(DPO_LOSSES)}, got {cfg.loss_type!r}")
+    if cfg.loss_type not in DPO_LOSS_TYPES:
+        p.append(f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {cfg.loss_type!r}")
     if not cfg.beta > 0:
         p.append(f"beta must be > 0, got {cfg.beta}")
     if cfg.rpo_alpha < 0:

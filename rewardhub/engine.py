@@ -1,6 +1,6 @@
 """What every algorithm shares: accelerate, optimiser and schedule, data order, checkpoints, metrics.
 
-Algorithms stay explicit recipes (``algorithms/sft.py``, ``ppo.py``, ...) and call these helpers; nothing
+Recipes stay explicit files (``recipes/sft.py``, ``recipes/rl.py``, ...) and call these helpers; nothing
 here knows about any particular loss. Distributed training is accelerate's: DDP, FSDP and DeepSpeed
 configs (``accelerate launch --config_file ...``) work unchanged.
 

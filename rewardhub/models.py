@@ -1,7 +1,7 @@
 """Loading policy, reference and reward models with their tokenizer, by path or hub id.
 
 Everything goes through ``from_pretrained``: a hub id, a local checkpoint, or ``builtin:tiny-llama`` (built
-offline by :mod:`rewardhub.testing` on first use and then loaded from disk like any other checkpoint).
+offline by :mod:`rewardhub.tiny_model` on first use and then loaded from disk like any other checkpoint).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LoraOptions:
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map ``builtin:tiny-llama`` to its local directory (building it if needed); pass anything else through."""
-    from rewardhub.testing import BUILTIN_TINY, builtin_model_path
+    from rewardhub.tiny_model import BUILTIN_TINY, builtin_model_path
 
     if name_or_path == BUILTIN_TINY:
         return str(builtin_model_path())

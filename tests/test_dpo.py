@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from rewardhub import PreferencePair, Reward, RewardProvider
-from rewardhub.algorithms.dpo import (
+from rewardhub.config import DPOConfig
+from rewardhub.errors import ConfigError, DataError
+from rewardhub.recipes.dpo import (
     Reference,
     collate_pairs,
     pair_texts,
@@ -17,8 +19,6 @@ from rewardhub.algorithms.dpo import (
     tokenize_pairs,
     train_dpo,
 )
-from rewardhub.config import DPOConfig
-from rewardhub.errors import ConfigError, DataError
 from rewardhub.tasks.arithmetic import build_arithmetic
 from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer
@@ -164,7 +164,7 @@ def test_online_dpo_raises_the_provider_score(tiny_model_path, tmp_path):
 
 
 def test_online_pairs_by_compare_skip_ties():
-    from rewardhub.algorithms.dpo import rank_and_pair
+    from rewardhub.recipes.dpo import rank_and_pair
 
     prompts, rows = ["a", "b"], [{}, {}]
     completions = ["1", "22", "x", "333", "y", "z", "w", "v"]  # prompt b: no digits anywhere -> a tie
@@ -221,7 +221,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_model_path, tmp_path,
 def test_rpo_term_is_the_chosen_per_token_nll_by_hand():
     import torch
 
-    from rewardhub.algorithms.dpo import chosen_nll
+    from rewardhub.recipes.dpo import chosen_nll
 
     logps = torch.tensor([-3.0, -1.0])  # summed log-probs of two chosen replies
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # 3 and 1 reply tokens

@@ -17,10 +17,10 @@ from urllib.request import Request, urlopen
 import pytest
 
 from rewardhub import Sample, Status
-from rewardhub.algorithms.dpo import tokenize_pairs
 from rewardhub.app_thread import AppThread
 from rewardhub.cli.main import main
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
+from rewardhub.recipes.dpo import tokenize_pairs
 from rewardhub.reward_resolution import build_reward
 from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer, check_provider

@@ -300,7 +300,7 @@ def test_compare_asks_both_orders(judge, server):
 
 
 def test_online_dpo_ranks_pairs_with_compare(judge):
-    from rewardhub.algorithms.dpo import rank_and_pair
+    from rewardhub.recipes.dpo import rank_and_pair
 
     completions = ["7", "77", "x", "777", "a", "b", "c", "d"]  # prompt "q2": no 7s anywhere, every pair a tie
     pairs, stats = rank_and_pair(judge(), ["q1", "q2"], [{}, {}], completions, 4, rank_with="compare")

@@ -6,8 +6,12 @@ import re
 import pytest
 import torch
 
-from rewardhub.algorithms.ppo import rollout_forward, sample_rollout, setup, train_rl
-from rewardhub.algorithms.rollout_buffer import (
+from rewardhub.cli.main import main
+from rewardhub.config import RLConfig
+from rewardhub.errors import ConfigError, RewardProviderError
+from rewardhub.generation import TorchBackend
+from rewardhub.recipes.rl import rollout_forward, sample_rollout, setup, train_rl
+from rewardhub.recipes.rollout_buffer import (
     LossSettings,
     RolloutBatch,
     group_advantages,
@@ -15,10 +19,6 @@ from rewardhub.algorithms.rollout_buffer import (
     rl_loss,
     rows_with_gradient,
 )
-from rewardhub.cli.main import main
-from rewardhub.config import RLConfig
-from rewardhub.errors import ConfigError, RewardProviderError
-from rewardhub.generation import TorchBackend
 from rewardhub.rewards import Reward, RewardProvider, Status
 
 

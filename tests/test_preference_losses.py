@@ -1,4 +1,4 @@
-"""Hand-computed and independent-reference checks for rewardhub.algorithms.preference_losses."""
+"""Hand-computed and independent-reference checks for rewardhub.maths.preference."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rewardhub.algorithms.preference_losses import bradley_terry_loss, dpo_loss, sequence_logps
+from rewardhub.maths.preference import bradley_terry_loss, dpo_loss, sequence_logps
 
 
 def close(actual, expected, atol=1e-5):

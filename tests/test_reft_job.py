@@ -7,11 +7,11 @@ import time
 import pytest
 
 from rewardhub import Reward, RewardProvider, Status, hookimpl
-from rewardhub.algorithms.sft import eval_reward_spec, train_sft
 from rewardhub.cli.main import main
 from rewardhub.config import RLConfig, SFTConfig, add_flags, load_config, parse_duration
 from rewardhub.data import load_rows
 from rewardhub.plugins import get_plugin_manager
+from rewardhub.recipes.sft import eval_reward_spec, train_sft
 from rewardhub.reward_resolution import reward_spec_of
 from rewardhub.tasks import Task
 

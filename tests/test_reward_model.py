@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from rewardhub import Sample
-from rewardhub.algorithms.reward_model import (
+from rewardhub.config import RewardModelConfig
+from rewardhub.errors import ConfigError
+from rewardhub.recipes.reward_model import (
     CALIBRATION_FILE,
     encode_scored,
     tokenize_rm_pairs,
     train_reward_model,
 )
-from rewardhub.config import RewardModelConfig
-from rewardhub.errors import ConfigError
 from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer, check_provider
 

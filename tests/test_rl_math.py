@@ -1,11 +1,11 @@
-"""Hand-computed and independent-reference checks for rewardhub.algorithms.rl_math."""
+"""Hand-computed and independent-reference checks for rewardhub.maths.rl."""
 
 import math
 
 import pytest
 import torch
 
-from rewardhub.algorithms.rl_math import (
+from rewardhub.maths.rl import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,
@@ -363,7 +363,7 @@ def test_fixed_kl_controller_and_validation():
 
 
 def test_loss_aggregation_modes_against_hand_computed_values():
-    from rewardhub.algorithms.rl_math import aggregate, loss_token_weights
+    from rewardhub.maths.rl import aggregate, loss_token_weights
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # lengths 3 and 1
     loss = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]])  # 99: padding, must not count
@@ -385,7 +385,7 @@ def test_loss_aggregation_modes_against_hand_computed_values():
 
 
 def test_policy_loss_with_sequence_weights_is_the_original_grpo_objective():
-    from rewardhub.algorithms.rl_math import loss_token_weights
+    from rewardhub.maths.rl import loss_token_weights
 
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([1.0, -0.5])

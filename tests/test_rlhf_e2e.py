@@ -10,13 +10,13 @@ import random
 
 import pytest
 
-from rewardhub.algorithms.dpo import train_dpo
-from rewardhub.algorithms.ppo import train_rl
-from rewardhub.algorithms.reward_model import train_reward_model
 from rewardhub.config import DPOConfig, RewardModelConfig, RLConfig
 from rewardhub.data import load_rows
 from rewardhub.evaluation import generate_completions
 from rewardhub.models import load_model_and_tokenizer
+from rewardhub.recipes.dpo import train_dpo
+from rewardhub.recipes.reward_model import train_reward_model
+from rewardhub.recipes.rl import train_rl
 
 COMMON = dict(lr_scheduler="constant", warmup_ratio=0.0, save_every=0, log_every=10, threads=1, resume=False)
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from rewardhub.algorithms.sft import IGNORE, tokenize_sft, train_sft
 from rewardhub.config import SFTConfig
+from rewardhub.recipes.sft import IGNORE, tokenize_sft, train_sft
 from rewardhub.testing import build_tokenizer
 
 

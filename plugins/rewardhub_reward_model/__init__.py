@@ -35,9 +35,9 @@ class RewardModelReward(RewardProvider):
         super().__init__()
         import torch
 
-        from rewardhub.algorithms.reward_model import read_calibration
         from rewardhub.errors import ConfigError
         from rewardhub.models import load_model, load_tokenizer, resolve_model_path
+        from rewardhub.recipes.reward_model import read_calibration
 
         problems = []
         if batch_size < 1:
@@ -61,8 +61,8 @@ class RewardModelReward(RewardProvider):
 
     def encode(self, sample: Sample) -> list[int]:
         """Token ids scored for one sample (see the module docstring)."""
-        from rewardhub.algorithms.reward_model import encode_scored
         from rewardhub.data import _split_chat, is_conversational
+        from rewardhub.recipes.reward_model import encode_scored
 
         prompt, completion = sample.prompt, sample.completion
         row_prompt = sample.row.get("prompt") if isinstance(sample.row, Mapping) else None
@@ -73,7 +73,7 @@ class RewardModelReward(RewardProvider):
 
     def raw(self, samples: Sequence[Sample]) -> list[float]:
         """Unnormalised scores (raises on failure; :meth:`score` turns failures into statuses)."""
-        from rewardhub.algorithms.reward_model import score_ids
+        from rewardhub.recipes.reward_model import score_ids
 
         seqs = [self.encode(s) for s in samples]
         return score_ids(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size, self.device)

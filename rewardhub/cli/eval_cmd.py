@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rewardhub.cli.common import console, print_summary, write_jsonl
 from rewardhub.options import parse_key_values
-from rewardhub.testing import BUILTIN_TINY
+from rewardhub.tiny_model import BUILTIN_TINY
 
 
 def add_parser(sub):

@@ -16,8 +16,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rewardhub.algorithms.sft import train_sft
     from rewardhub.plugins import register_verifier_file
+    from rewardhub.recipes.sft import train_sft
     from rewardhub.reward_resolution import check_reward_spec
 
     cfg = load_config(SFTConfig, args)

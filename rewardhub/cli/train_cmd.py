@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rewardhub.config import DPOConfig, RLConfig, add_flags, load_config, read_yaml
-from rewardhub.testing import BUILTIN_TINY
+from rewardhub.tiny_model import BUILTIN_TINY
 
 #: Defaults for the built-in tiny model: the default job, ReFT as a demonstration. The built-in
 #: chain-of-thought task with an imperfect teacher (it drops the carry in 60% of the steps that have one, so
@@ -52,15 +52,15 @@ def run(args) -> int:
     for file in cfg.verifier_files:
         register_verifier_file(file)
     if dpo:
-        from rewardhub.algorithms.dpo import DPO_FALLBACK_REWARD as fallback
+        from rewardhub.recipes.dpo import DPO_FALLBACK_REWARD as fallback
     else:
-        from rewardhub.algorithms.ppo import RL_FALLBACK_REWARD as fallback
+        from rewardhub.recipes.rl import RL_FALLBACK_REWARD as fallback
     cfg.reward = reward_spec_of(cfg, fallback)
     check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
     provider = build_reward(cfg.reward, cfg.reward_args)
     try:
         if dpo:
-            from rewardhub.algorithms.dpo import train_dpo
+            from rewardhub.recipes.dpo import train_dpo
 
             final = train_dpo(cfg, provider=provider)
         else:
@@ -75,8 +75,8 @@ def run(args) -> int:
 
 def _train_rl_stages(cfg: RLConfig, provider, console) -> dict:
     """The ReFT shape: an optional SFT warm-up stage, then RL against the provider; a banner per stage."""
-    from rewardhub.algorithms.ppo import train_rl
-    from rewardhub.algorithms.warmup import sft_warmup
+    from rewardhub.recipes.rl import train_rl
+    from rewardhub.recipes.warmup import sft_warmup
 
     stages = 2 if cfg.sft_warmup_steps else 1
     if cfg.sft_warmup_steps:

@@ -17,7 +17,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rewardhub.algorithms.reward_model import train_reward_model
+    from rewardhub.recipes.reward_model import train_reward_model
 
     cfg = load_config(RewardModelConfig, args)
     final = train_reward_model(cfg)

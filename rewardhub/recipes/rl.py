@@ -29,25 +29,7 @@ from typing import Any
 
 import torch
 
-from rewardhub.algorithms.rl_math import (
-    AdaptiveKLController,
-    FixedKLController,
-    explained_variance,
-    loss_token_weights,
-    masked_mean,
-)
-from rewardhub.algorithms.rollout_buffer import (
-    LossSettings,
-    RolloutBatch,
-    adjusted_scores,
-    group_advantages,
-    ppo_advantages,
-    rl_loss,
-    rows_with_gradient,
-    token_kl,
-)
-from rewardhub.algorithms.value_head import ActorCritic, ValueHead, hidden_size_of
-from rewardhub.config import RL_ALGOS, RLConfig
+from rewardhub.config import RLConfig
 from rewardhub.data import load_rows, render_prompt, require_columns
 from rewardhub.engine import (
     Checkpointer,
@@ -63,7 +45,26 @@ from rewardhub.engine import (
 from rewardhub.errors import ConfigError, RewardProviderError
 from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend, sequence_logprobs
+from rewardhub.maths.choices import RL_ALGOS
+from rewardhub.maths.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    loss_token_weights,
+    masked_mean,
+)
+from rewardhub.maths.value_head import ActorCritic, ValueHead, hidden_size_of
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
+from rewardhub.recipes.rollout_buffer import (
+    LossSettings,
+    RolloutBatch,
+    adjusted_scores,
+    group_advantages,
+    ppo_advantages,
+    rl_loss,
+    rows_with_gradient,
+    token_kl,
+)
 from rewardhub.reward_resolution import build_reward, reward_spec_of, summarize
 from rewardhub.rewards import Reward, RewardProvider, Sample, Status
 

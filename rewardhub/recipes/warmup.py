@@ -43,7 +43,7 @@ def sft_warmup(cfg: RLConfig, provider: RewardProvider | None = None) -> str:
     model = out / "model"
     if (model / "config.json").exists() and (out / "checkpoints" / f"step-{cfg.sft_warmup_steps}").exists():
         return str(model)  # finished earlier: a rerun of the same command resumes RL, not SFT
-    from rewardhub.algorithms.sft import train_sft
+    from rewardhub.recipes.sft import train_sft
 
     sft_cfg = SFTConfig(
         model=cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,

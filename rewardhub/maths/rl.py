@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from rewardhub.config import LOSS_AGG_MODES
+from rewardhub.maths.choices import KL_ESTIMATORS, LOSS_AGG_MODES
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -47,8 +47,6 @@ __all__ = [
     "token_level_rewards",
     "token_logps",
 ]
-
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # Bound on |log ratio| before exponentiating. exp(20) ~ 4.9e8 is finite in fp16/bf16/fp32, so a garbage
 # log-prob on a padding position cannot turn into inf (and inf * 0 = nan in the backward pass). The same

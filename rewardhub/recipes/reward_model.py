@@ -26,8 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rewardhub.algorithms.dpo import encode_completion, pair_texts
-from rewardhub.algorithms.preference_losses import bradley_terry_loss
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns
 from rewardhub.engine import (
@@ -42,7 +40,9 @@ from rewardhub.engine import (
 )
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
+from rewardhub.maths.preference import bradley_terry_loss
 from rewardhub.models import LoraOptions, load_model, load_tokenizer
+from rewardhub.recipes.dpo import encode_completion, pair_texts
 
 log = logging.getLogger(__name__)
 

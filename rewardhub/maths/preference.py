@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rewardhub.algorithms.rl_math import token_logps
+from rewardhub.maths.choices import DPO_LOSS_TYPES
+from rewardhub.maths.rl import token_logps
 
 __all__ = ["DPO_LOSS_TYPES", "bradley_terry_loss", "dpo_loss", "sequence_logps"]
-
-DPO_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
 
 
 def sequence_logps(logits: Tensor, labels: Tensor, mask: Tensor, average: bool = False) -> Tensor:

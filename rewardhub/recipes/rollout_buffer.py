@@ -1,6 +1,6 @@
 """One step's rollout as tensors, the advantage estimators on it, and the masked PPO-family loss.
 
-The rollout loop (:mod:`rewardhub.algorithms.ppo`) fills a :class:`RolloutBatch`; everything here is a pure
+The rollout loop (:mod:`rewardhub.recipes.rl`) fills a :class:`RolloutBatch`; everything here is a pure
 function of tensors, so the masking rules can be tested directly:
 
 * a sample whose reward *failed* (status ``timeout``/``error``/``pending``, ``valid = False``) has its
@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from rewardhub.algorithms.rl_math import (
+from rewardhub.maths.rl import (
     aggregate,
     gae,
     grpo_advantages,
@@ -158,7 +158,7 @@ def rows_with_gradient(mb: RolloutBatch, s: LossSettings, has_values: bool) -> T
     ratio ``r``, so its gradient is exactly zero in every epoch. Such rows are common in verifier-scored RL
     (all-wrong groups early, all-right ones late; DAPO's "zero-variance groups"), and their forward and
     backward passes are pure waste. Dropping them changes nothing else as long as the loss keeps its
-    normaliser (the token count of the whole minibatch), which :func:`rewardhub.algorithms.ppo.minibatch_step`
+    normaliser (the token count of the whole minibatch), which :func:`rewardhub.recipes.rl.minibatch_step`
     does.
     """
     live = mb.train_mask.any(dim=1)

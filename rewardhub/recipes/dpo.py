@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from rewardhub.algorithms.preference_losses import dpo_loss
 from rewardhub.config import DPOConfig
 from rewardhub.data import _split_chat, is_conversational, load_rows, render_prompt, require_columns
 from rewardhub.engine import (
@@ -47,6 +46,7 @@ from rewardhub.engine import (
 )
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
 from rewardhub.evaluation import load_eval_rows
+from rewardhub.maths.preference import dpo_loss
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
 from rewardhub.rewards import RewardProvider, Sample
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewardhub.algorithms.rl_math import entropy_from_logits
+from rewardhub.maths.rl import entropy_from_logits
 
 
 class ValueHead(nn.Module):

@@ -1,0 +1,110 @@
+"""The built-in tiny model: a random-init Llama and a character-level tokenizer, built offline.
+
+Nothing here downloads anything. ``build_tiny_model`` writes the model and tokenizer to a directory with
+``save_pretrained``; every caller (the default run, tests, examples, benchmarks) then loads it back through
+:func:`rewardhub.models.load_model`, the same ``from_pretrained`` path users take with a hub id or a checkpoint.
+``builtin:tiny-llama`` (:data:`BUILTIN_TINY`) names it on the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import string
+from pathlib import Path
+
+PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+#: A minimal chat template: role marker, content, EOS after each message.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<eos>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+#: The built-in tiny model (~0.3M parameters): it trains on 2 CPU cores in minutes and learns 2-digit
+#: arithmetic; measured, 2 wide layers learned it in fewer steps *and* less time than 4 layers.
+TINY_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+
+BUILTIN_TINY = "builtin:tiny-llama"
+
+
+def build_tokenizer():
+    """A character-level fast tokenizer: printable ASCII + newline, distinct pad/eos/bos, a chat template.
+
+    Character level keeps the vocabulary ~110 tokens so a tiny model learns digits quickly, and makes every
+    string round-trip exactly through encode/decode.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, EOS, BOS, UNK, *ROLE_TOKENS]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        eos_token=EOS,
+        bos_token=BOS,
+        unk_token=UNK,
+        additional_special_tokens=list(ROLE_TOKENS),
+        padding_side="left",
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(path: str | os.PathLike, seed: int = 0, **config_overrides) -> Path:
+    """Write a random tiny Llama + the char tokenizer to ``path`` (``save_pretrained``) and return the path.
+
+    Args:
+        path: output directory (created).
+        seed: torch seed for the random initialisation.
+        **config_overrides: any ``LlamaConfig`` field, e.g. ``hidden_size=64, num_hidden_layers=2``.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        **{**TINY_CONFIG, **config_overrides},
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def builtin_model_path() -> Path:
+    """Where ``builtin:tiny-llama`` lives; built on first use (``$REWARDHUB_HOME``, default ~/.cache/rewardhub)."""
+    home = Path(os.environ.get("REWARDHUB_HOME", Path.home() / ".cache" / "rewardhub"))
+    # The directory name carries a digest of the config, so changing TINY_CONFIG never reuses a stale model.
+    digest = hashlib.sha1(repr(sorted(TINY_CONFIG.items())).encode()).hexdigest()[:8]
+    path = home / f"tiny-llama-{digest}"
+    if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
+        tmp = build_tiny_model(home / f".{path.name}.{os.getpid()}")
+        if path.exists():  # another process finished first; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(path)
+    return path
