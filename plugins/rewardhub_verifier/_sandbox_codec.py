@@ -16,7 +16,12 @@ a big int (base 16 has no str-conversion digit limit). Depth and size are capped
 Shipped as source text with the other ``_sandbox_*`` parts (stdlib only); the host imports it too.
 """
 
-import json
+try:  # the C parts of json, used directly: json's Python layer costs more than the encoding of a small message
+    from _json import encode_basestring_ascii as _c_ascii
+    from _json import make_encoder as _c_make_encoder
+    from _json import make_scanner as _c_make_scanner
+except ImportError:  # pragma: no cover - CPython always has _json
+    _c_make_encoder = _c_make_scanner = None
 
 MAX_DEPTH = 100
 MAX_NODES = 2_000_000
@@ -146,16 +151,68 @@ def decode(data):
     return dec(data, 0)
 
 
+def _not_serialisable(o):
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+class _ScanContext:
+    """What ``json.JSONDecoder()`` gives its C scanner: the defaults of ``json.loads``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+    memo = {}
+
+
+_scan = _c_make_scanner(_ScanContext()) if _c_make_scanner is not None else None
+_JSON_SPACE = " \t\n\r"
+
+
 def dumps(obj):
-    """One ASCII JSON line (no newline inside: strings are escaped), NaN and infinities allowed."""
-    return json.dumps(obj, separators=(",", ":"))
+    """One ASCII JSON line (no newline inside: strings are escaped), NaN and infinities allowed.
+
+    Exactly ``json.dumps(obj, separators=(",", ":"))`` (circular check included), through json's C encoder
+    without the Python layer around it (a new ``JSONEncoder`` and its ``iterencode`` per call).
+    """
+    if _c_make_encoder is None:  # pragma: no cover
+        import json
+
+        return json.dumps(obj, separators=(",", ":"))
+    return "".join(_c_make_encoder({}, _not_serialisable, _c_ascii, None, ":", ",", False, False, True)(obj, 0))
+
+
+def _fast_loads(line):
+    """``json.loads(line)`` for a UTF-8 line, through json's C scanner; None where that does not apply."""
+    if _scan is None:
+        return None
+    try:
+        text = line if type(line) is str else line.decode("utf-8", "surrogatepass")
+        start = len(text) - len(text.lstrip(_JSON_SPACE))
+        value, end = _scan(text, start)
+    except Exception:  # malformed, or not UTF-8: json.loads decides (and says why)
+        return None
+    if text[end:].strip(_JSON_SPACE):
+        return None
+    return (value,)
 
 
 def loads(line):
-    """Parse one line; any failure (syntax, size, nesting) is a :class:`CrossingError`."""
+    """Parse one line; any failure (syntax, size, nesting) is a :class:`CrossingError`.
+
+    The same values as ``json.loads``: its C scanner with its defaults, straight; anything that scanner does
+    not accept as a whole line goes to ``json.loads`` itself, for its verdict.
+    """
     if len(line) > MAX_MESSAGE_BYTES:
         raise CrossingError("message too large")
     try:
+        got = _fast_loads(line)
+        if got is not None:
+            return got[0]
+        import json
+
         return json.loads(line)
     except (ValueError, RecursionError, MemoryError) as exc:
         raise CrossingError(f"malformed message: {type(exc).__name__}") from None

@@ -18,10 +18,11 @@ in, 5 answers out. Modes:
 * ``program`` (program-of-thought): run the program, then send ``str(solution())`` if it defines one.
 """
 
+import _signal
 import contextlib
+import linecache
 import os
 import resource
-import signal
 import sys
 import types
 
@@ -45,6 +46,57 @@ _os_exit = os._exit
 SOLUTION_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                 "PYTHONDONTWRITEBYTECODE": "1"}
 _MAX_VALUE_BYTES = 1 << 20
+_ENV_READY = False  # os.environ is SOLUTION_ENV already (set once by the zygote: solution_environment())
+_STREAMS = None  # mode -> (sys.stdin, sys.stdout, sys.stderr) for fds 0-2, made once by the zygote (prepare_streams())
+
+
+def solution_environment():
+    """Make this process's environment the solution's (the zygote, once, with namespaces: /tmp is private)."""
+    global _ENV_READY
+    os.environ.clear()
+    os.environ.update(SOLUTION_ENV)
+    _ENV_READY = True
+
+
+def _open_streams():
+    return (open(0, closefd=False), open(1, "w", closefd=False),
+            open(2, "w", buffering=1, closefd=False))
+
+
+def prepare_streams():
+    """Make the solution's ``sys.stdin``/``stdout``/``stderr`` once, in the zygote, for every solution process.
+
+    They are what each solution process would make with ``open(0)``, ``open(1, "w")`` and ``open(2, "w",
+    buffering=1)`` (by number, ``closefd=False``), made while fds 0-2 are what they are in a solution process
+    (a pipe; stdin of a ``serve`` process: /dev/null), so that they record the same (seekable or not); the
+    zygote's own fds 0-2 are put back afterwards. Made in each solution process, they cost it 70 copy-on-write
+    page faults (codec lookup, three layers of io objects); here they are made once, never used by the zygote,
+    and each solution process gets them as they were made: empty buffers, nothing read or written.
+    """
+    global _STREAMS
+    saved, made = [], {}
+    try:
+        saved = [os.dup(fd) for fd in (0, 1, 2)]
+        r, w = os.pipe()
+        null = os.open("/dev/null", os.O_RDONLY)
+        try:
+            os.dup2(r, 0)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            made["pipe"] = _open_streams()
+            os.dup2(null, 0)
+            made["serve"] = (open(0, closefd=False), *made["pipe"][1:])  # noqa: SIM115
+        finally:
+            for fd in (r, w, null):
+                os.close(fd)
+    except OSError:
+        made = {}
+    finally:
+        for fd, old in zip((0, 1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+    if len(made) == 2 and len(saved) == 3:
+        _STREAMS = made
 
 
 def _set_limits(cfg):
@@ -74,7 +126,8 @@ def untrusted_main(cfg, mode, tmpdir):
     """Runs in the zygote's child, descriptors already in place (0-5). Never returns."""
     try:
         os.closerange(6, _MAXFD)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the zygote ignores it; a solution expects the default
+        # The zygote ignores it; a solution expects the default. (_signal: signal.signal converts to enums.)
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
         # Its own session and process group: kill(0, ...) would otherwise reach the worker's group, the
         # zygote and the test process included (process groups span pid namespaces).
         os.setsid()
@@ -87,10 +140,9 @@ def untrusted_main(cfg, mode, tmpdir):
             _drop_capabilities()
         os.chdir(tmpdir)
         os.umask(0o077)
-        env = dict(SOLUTION_ENV, HOME=tmpdir, TMPDIR=tmpdir)
-        if dict(os.environ) != env:  # (the zygote has set it already, with namespaces)
+        if not (_ENV_READY and tmpdir == "/tmp"):  # (the zygote has set it already, with namespaces)
             os.environ.clear()
-            os.environ.update(env)
+            os.environ.update(SOLUTION_ENV, HOME=tmpdir, TMPDIR=tmpdir)
         _set_limits(cfg)
         chunks = []
         while True:
@@ -101,9 +153,9 @@ def untrusted_main(cfg, mode, tmpdir):
         os.close(3)
         code = b"".join(chunks).decode("utf-8", "replace")
         del chunks
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        streams = _STREAMS and _STREAMS["serve" if mode == "serve" else "pipe"]
+        sys.stdin, sys.stdout, sys.stderr = streams or _open_streams()
+        del streams
         sys.argv = ["solution.py"]
     except BaseException as exc:
         with contextlib.suppress(BaseException):
@@ -119,8 +171,6 @@ def untrusted_main(cfg, mode, tmpdir):
 
 def _exec_main(code):
     """Run ``code`` as ``__main__``; returns (namespace, exception or None, exit code if it raised SystemExit)."""
-    import linecache
-
     module = types.ModuleType("__main__")
     ns = module.__dict__
     ns["__builtins__"] = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
@@ -146,8 +196,33 @@ def _print_exception(exc):
 
 def _flush():
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
+        try:  # noqa: SIM105 - (contextlib.suppress: two more calls, per call of the tests)
             stream.flush()
+        except BaseException:
+            pass  # the solution may have replaced or closed its streams
+
+
+def _request_lines(fd):
+    """The test process's requests, one line at a time (the last one may lack its newline); EOF ends it."""
+    buf = b""
+    while True:
+        end = buf.find(b"\n")
+        if end < 0:
+            chunks, size = [buf], len(buf)
+            while end < 0:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    if size:
+                        yield b"".join(chunks)
+                    return
+                at = data.find(b"\n")
+                if at >= 0:
+                    end = size + at
+                chunks.append(data)
+                size += len(data)
+            buf = b"".join(chunks)
+        line, buf = buf[:end + 1], buf[end + 1:]
+        yield line
 
 
 def _exit_status(exc, code):
@@ -236,12 +311,7 @@ def _serve(code):
         _os_exit(0)
     _flush()
     _write_all(5, (dumps({"hello": _hello(ns, None)}) + "\n").encode())
-    reader = os.fdopen(4, "rb", buffering=1 << 16)
-    while True:
-        line = reader.readline()
-        if not line:
-            _flush()
-            _os_exit(0)
+    for line in _request_lines(4):
         try:
             req = loads(line)
             fn = _resolve(ns, req["call"])
@@ -265,3 +335,5 @@ def _serve(code):
         except (ValueError, TypeError, RecursionError) as e:
             data = dumps({"cross": f"return value cannot be serialised: {e}"})
         _write_all(5, (data + "\n").encode())
+    _flush()
+    _os_exit(0)

@@ -75,34 +75,75 @@ class _Capped:
         return self.bytes().decode("utf-8", "replace")
 
 
+#: The zygote's ``-c`` program: it reads its real source from a pipe and compiles it with ``compile()``. With the
+#: source itself as the ``-c`` argument, the parser's memory for it (megabytes) would stay allocated for as long
+#: as that program runs, i.e. for the zygote's whole life, and the interpreter keeps its argv (as wide characters,
+#: twice): all of it copied into every solution process's page tables. Name ``-c``'s own globals stay few.
+_ZYGOTE_BOOT = (
+    "import os, sys\n"
+    "def _boot(fd):\n"
+    "    chunks = []\n"
+    "    while True:\n"
+    "        data = os.read(fd, 1 << 16)\n"
+    "        if not data:\n"
+    "            break\n"
+    "        chunks.append(data)\n"
+    "    os.close(fd)\n"
+    "    return compile(b''.join(chunks), '<rewardhub zygote>', 'exec')\n"
+    "exec(_boot(int(sys.argv.pop(1))))\n"
+)
+#: The zygote's environment until it sets the solution's own (:func:`_warm_up`). ``LD_BIND_NOW``: the dynamic
+#: linker resolves every symbol at start-up, once, instead of in each solution process at its first call of a
+#: libc function the zygote never called itself (``setsid``, ``setrlimit``, ...), each costing it a symbol search
+#: through every library and a copy-on-write page fault on the symbol table.
+_ZYGOTE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
+
+
 class Zygote:
     """The worker's handle on its zygote: spawn requests, and the exit reports that come back."""
 
     def __init__(self, cfg, source=None):
         """Fork the zygote; with ``source`` (the zygote's own source text), the child execs a fresh interpreter
-        running it (:func:`zygote_exec_main`), whose small heap makes every solution process cheaper."""
+        running it (:func:`zygote_exec_main`), whose small heap makes every solution process cheaper. The source
+        goes through a pipe (see :data:`_ZYGOTE_BOOT`)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = None
+        src_r = src_w = -1
         if source:
-            argv = [sys.executable, "-I", "-S", "-B", "-c", source, "zygote", str(theirs.fileno()),
-                    json.dumps(cfg)]
+            src_r, src_w = os.pipe()
+            argv = [sys.executable, "-I", "-S", "-B", "-c", _ZYGOTE_BOOT, str(src_r), "zygote",
+                    str(theirs.fileno()), json.dumps(cfg)]
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
-                keep = theirs.fileno()
-                os.closerange(3, keep)
-                os.closerange(keep + 1, 65536)
+                keep = sorted({theirs.fileno(), src_r} - {-1})
+                if src_w >= 0:
+                    os.close(src_w)
+                low = 3
+                for fd in keep:
+                    os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, 65536)
                 devnull = os.open("/dev/null", os.O_RDWR)
                 for fd in (0, 1):
                     os.dup2(devnull, fd)
                 os.close(devnull)
                 if argv:
-                    os.set_inheritable(keep, True)
-                    os.execve(argv[0], argv, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+                    for fd in keep:
+                        os.set_inheritable(fd, True)
+                    os.execve(argv[0], argv, _ZYGOTE_ENV)
                 zygote_main(theirs, cfg)
             finally:
                 os._exit(1)
+        if source:
+            os.close(src_r)
+            try:
+                _write_all(src_w, source.encode())
+            except OSError:
+                pass  # it died before reading: the first spawn request says so (WorkerPoisoned)
+            finally:
+                os.close(src_w)
         theirs.close()
         self.pid, self.sock = pid, ours
         self.exits = {}

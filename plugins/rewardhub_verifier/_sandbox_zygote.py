@@ -35,7 +35,7 @@ if __name__ != "__main__":  # imported on the host; when shipped, all parts shar
         _nondumpable,
         _prctl,
     )
-    from rewardhub_verifier._sandbox_untrusted import SOLUTION_ENV, untrusted_main
+    from rewardhub_verifier._sandbox_untrusted import prepare_streams, solution_environment, untrusted_main
 
 N_FDS = 6  # stdin, stdout, stderr, code, requests in, answers out
 
@@ -107,8 +107,8 @@ def _warm_up(namespaces):
     with contextlib.suppress(Exception):
         exec(compile(_WARM_UP_CODE, "<zygote warm-up>", "exec"), {"__name__": "_warm_up"})
     if namespaces:
-        os.environ.clear()
-        os.environ.update(SOLUTION_ENV)
+        solution_environment()
+    prepare_streams()
     with contextlib.suppress(Exception):
         libc = _libc_handle()
         for name in ("unshare", "mount", "capset", "capget", "prctl"):  # looked up once, not in every child
