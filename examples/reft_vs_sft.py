@@ -37,11 +37,10 @@ SETTINGS = {"imperfect": 0.6, "clean": 0.0}  # teacher_error
 
 def reft_recipe(args, setting: str, seed: int, out: Path):
     """The default job's configuration (its preset), for one setting and seed."""
-    from rewardhub.cli.train_cmd import PRESETS
-    from rewardhub.config import RLConfig
+    from rewardhub.config import RL_PRESETS, RLConfig
     from rewardhub.tiny_model import BUILTIN_TINY
 
-    preset = {**PRESETS[BUILTIN_TINY], "data_args": {"teacher_error": SETTINGS[setting]}}
+    preset = {**RL_PRESETS[BUILTIN_TINY], "data_args": {"teacher_error": SETTINGS[setting]}}
     if args.quick:
         preset.update(sft_warmup_steps=20, max_steps=3, batch_size=4, eval_size=args.eval_size)
     return RLConfig(model=BUILTIN_TINY, reward="verifier", out=str(out), seed=seed, threads=1,

@@ -13,10 +13,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rewardhub.errors import ConfigError
-from rewardhub.maths.choices import DPO_LOSS_TYPES, KL_ESTIMATORS, LOSS_AGG_MODES
+from rewardhub.maths.choices import DPOLoss, KLEstimator, LossAgg, RLAlgo
 from rewardhub.options import coerce, parse_key_values, type_name
 from rewardhub.tiny_model import BUILTIN_TINY
 
@@ -66,7 +66,7 @@ class TrainArgs:
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
     resume: bool = opt(True, "resume from the newest checkpoint in --out if there is one")
-    report_to: str = opt("none", "tracker: none, tensorboard, wandb (when installed)")
+    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "experiment tracker (when installed)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     max_time: str | None = opt(None, "training-time budget: seconds or a duration (90, 90s, 10m, 1h30m); the run "
                                "stops at the first step boundary past it, then checkpoints, evaluates and saves as "
@@ -103,8 +103,8 @@ class SFTConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
 
 
 def validate_train_args(cfg: Any) -> list[str]:
-    """Problems with the fields shared by every training config (empty list: fine)."""
-    problems = []
+    """Problems with the fields shared by every training config, and every choice field (empty list: fine)."""
+    problems = choice_problems(cfg)
     positive = ("max_steps", "batch_size", "grad_accum", "log_every", "max_length", "keep_checkpoints")
     for name in positive:
         if getattr(cfg, name, 1) < 1:
@@ -116,8 +116,6 @@ def validate_train_args(cfg: Any) -> list[str]:
         problems.append(f"lr must be > 0, got {cfg.lr}")
     if not 0 <= getattr(cfg, "warmup_ratio", 0) < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    if getattr(cfg, "report_to", "none") not in ("none", "tensorboard", "wandb"):
-        problems.append(f"report_to must be none, tensorboard or wandb, got {cfg.report_to!r}")
     if getattr(cfg, "max_time", None) is not None:
         try:
             parse_duration(cfg.max_time)
@@ -125,6 +123,20 @@ def validate_train_args(cfg: Any) -> list[str]:
             problems.append(f"max_time: {exc}")
     return problems
 
+
+
+def choice_problems(cfg: Any) -> list[str]:
+    """``name must be one of a, b, got 'x'`` for every ``Literal`` field of ``cfg`` holding another value.
+
+    The choices live in the field's type (shown in ``--help``, checked when flags and YAML are read); this
+    checks a config built in Python too.
+    """
+    problems = []
+    for name, annotation in _field_types(type(cfg)).items():
+        if typing.get_origin(annotation) is Literal and getattr(cfg, name) not in typing.get_args(annotation):
+            choices = ", ".join(map(str, typing.get_args(annotation)))
+            problems.append(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
+    return problems
 
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -167,7 +179,8 @@ def add_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
     """Add one flag per dataclass field; defaults are shown in --help but not injected (so YAML can win).
 
     With several classes (``train``: RLConfig and DPOConfig), the union of their fields becomes flags; a field
-    shared by several is described by the first class; the chosen class later rejects flags it lacks.
+    shared by several is described by the first class, with each other class's default where it differs, and
+    a field only some classes have says which; the chosen class later rejects flags it lacks.
     """
     seen: set[str] = set()
     for cls in classes:
@@ -176,14 +189,23 @@ def add_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
             if f.name in seen:
                 continue
             seen.add(f.name)
-            _add_field_flag(parser, f, types[f.name], note="" if cls is classes[0] else f" [{cls.__name__} only]")
+            others = [(c, {g.name: g for g in dataclasses.fields(c)}.get(f.name)) for c in classes if c is not cls]
+            notes = [f"{c.__name__}: {_default_of(g)!r}" for c, g in others
+                     if g is not None and _default_of(g) != _default_of(f)]
+            if cls is not classes[0] or any(g is None for _, g in others):
+                notes.append(f"{cls.__name__} only" if len(classes) > 1 and cls is not classes[0] else
+                             f"not {', '.join(c.__name__ for c, g in others if g is None)}")
+            _add_field_flag(parser, f, types[f.name], note=f" [{'; '.join(notes)}]" if notes else "")
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML file whose keys are these options (flags given here override it)")
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any, note: str = "") -> None:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    help_text = f"{f.metadata.get('help', '')} (default: {default!r}){note}"
+    help_text = f"{f.metadata.get('help', '')} (default: {_default_of(f)!r}){note}"
     flag = flag_of(f)
     if annotation is dict:
         parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
@@ -195,8 +217,11 @@ def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annot
         parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                             default=argparse.SUPPRESS, help=help_text)
     else:
-        parser.add_argument(flag, dest=f.name, metavar=type_name(annotation).upper().replace(" ", ""),
-                            default=argparse.SUPPRESS, help=help_text)
+        if typing.get_origin(annotation) is Literal:  # the choices, as argparse shows them
+            metavar = "{" + ",".join(map(str, typing.get_args(annotation))) + "}"
+        else:
+            metavar = type_name(annotation).upper().replace(" ", "")
+        parser.add_argument(flag, dest=f.name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -270,24 +295,16 @@ def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mappi
     return build_config(cls, values, source=f"{where} ({cls.__name__} has no such field)")
 
 
-ALGOS = ("ppo", "grpo", "rloo", "dpo")
-
-
 @dataclass
 class TrainConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
     """Reward-driven training: the algorithm plus the reward source."""
 
-    algo: str = opt("ppo", f"algorithm: {', '.join(ALGOS)}")
+    algo: Literal["ppo", "grpo", "rloo", "dpo"] = opt("ppo", "training algorithm")
 
     def validate(self) -> None:
         problems = validate_train_args(self)
-        if self.algo not in ALGOS:
-            problems.append(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
         if problems:
             raise ConfigError(problems)
-
-
-CRITICS = ("policy-head", "separate")
 
 
 @dataclass
@@ -298,6 +315,7 @@ class RLConfig(TrainConfig):
     then ``ppo_epochs`` passes of minibatch updates over that rollout.
     """
 
+    algo: RLAlgo = opt("ppo", "training algorithm")
     batch_size: int = opt(8, "prompts per step per device (each sampled num_generations times)")
     num_generations: int = opt(0, "completions per prompt, laid out as consecutive groups "
                                "(0: auto = 1 for ppo, 4 for grpo/rloo; grpo/rloo need >= 2)")
@@ -311,8 +329,8 @@ class RLConfig(TrainConfig):
     clip_eps_high: float | None = opt(None, "upper clip range (DAPO clip-higher); none: same as clip_eps")
     target_kl: float | None = opt(None, "stop the epoch loop of a step once the approximate KL between the "
                                   "updated and the rollout policy exceeds this (none: never)")
-    critic: str = opt("policy-head", "ppo value function: policy-head (Linear on the policy's last hidden "
-                      "state, zero-initialised) or separate (a second copy of the model as critic trunk)")
+    critic: Literal["policy-head", "separate"] = opt("policy-head", "ppo value function: a head on the policy, or "
+                                                     "a separate critic trunk")
     vf_coef: float = opt(0.1, "weight of the value loss (ppo)")
     value_lr_mult: float = opt(1.0, "learning rate of the value head = lr x this (ppo); a zero-initialised "
                                "head at a policy-sized lr barely fits within a short run, so GAE gets no baseline")
@@ -326,7 +344,7 @@ class RLConfig(TrainConfig):
     scale_rewards: bool = opt(True, "grpo: divide by the group std (false: Dr. GRPO, mean-centred only)")
     kl_coef: float = opt(0.05, "beta: weight of the KL-to-reference penalty in the reward (initial value "
                          "when adaptive_kl)")
-    kl_estimator: str = opt("k1", "per-token KL estimator: k1 (log ratio), k2 (log ratio squared / 2), k3 (>= 0)")
+    kl_estimator: KLEstimator = opt("k1", "per-token KL estimator (Schulman's k1, k2, k3)")
     kl_in_reward: bool = opt(True, "subtract beta * KL from the reward (false: no KL in the reward)")
     kl_loss_coef: float = opt(0.0, "weight of a k3 KL-to-reference term in the loss (GRPO/DeepSeekMath style)")
     adaptive_kl: bool = opt(False, "adapt beta toward kl_target (Ziegler et al.) instead of keeping it fixed")
@@ -338,12 +356,8 @@ class RLConfig(TrainConfig):
                                   "(timeout/error/pending) in one step exceeds this")
     completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
-    loss_agg: str = opt("token-mean", "how per-token losses add up: token-mean (DAPO; TRL dapo), seq-mean-token-mean "
-                        "(original GRPO; TRL grpo), seq-mean-token-sum, seq-mean-token-sum-norm (Dr. GRPO; TRL "
-                        "dr_grpo: token sum / (sequences x max_new_tokens))")
-    skip_zero_advantage: bool = opt(True, "leave rows whose loss is exactly zero (all-zero advantage, no value or KL "
-                                    "loss term: GRPO/RLOO groups that all scored alike) out of the update's "
-                                    "forward/backward; the gradient is unchanged")
+    loss_agg: LossAgg = opt("token-mean", "how per-token losses add up (verl's loss_agg_mode)")
+    skip_zero_advantage: bool = opt(True, "skip the passes of rows whose loss is exactly zero (same gradient)")
     recompute_logprobs: bool = opt(False, "recompute old log-probs with a fresh forward pass instead of reusing the "
                                    "sampler's (needed when sampling runs in another engine or precision)")
     sft_warmup_steps: int = opt(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
@@ -356,11 +370,22 @@ class RLConfig(TrainConfig):
 
     def validate(self) -> None:
         problems = validate_train_args(self)
-        if self.algo not in ALGOS:
-            problems.append(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
         problems += _rl_problems(self)
         if problems:
             raise ConfigError(problems)
+
+
+#: Defaults for the built-in tiny model: the default job, ReFT as a demonstration. The built-in
+#: chain-of-thought task with an imperfect teacher (it drops the carry in 60% of the steps that have one, so
+#: about half its demonstrations end wrong), a warm-up long enough that every seed learns the format, then RL
+#: against the verifier on the same questions. Measured in the README ("ReFT"). Applied by :func:`load_config`
+#: (``rewardhub train``); any flag or YAML key overrides them; the preset's data options go with its data
+#: (``--data X`` drops them).
+RL_PRESETS = {BUILTIN_TINY: {
+    "data": "arithmetic-cot", "data_args": {"teacher_error": 0.6}, "algo": "grpo",
+    "sft_warmup_steps": 1000, "max_new_tokens": 32, "batch_size": 32, "num_generations": 8, "max_steps": 200,
+    "temperature": 0.7, "lr": 1e-4, "warmup_ratio": 0.1, "kl_coef": 0.0, "eval_size": 500,
+}}
 
 
 def _rl_problems(cfg: RLConfig) -> list[str]:
@@ -384,14 +409,8 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"clip_value must be > 0 or none, got {cfg.clip_value}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         p.append(f"target_kl must be > 0 or none, got {cfg.target_kl}")
-    if cfg.critic not in CRITICS:
-        p.append(f"critic must be one of {', '.join(CRITICS)}, got {cfg.critic!r}")
     if not 0 <= cfg.gamma <= 1 or not 0 <= cfg.lam <= 1:
         p.append(f"gamma and lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
-    if cfg.loss_agg not in LOSS_AGG_MODES:
-        p.append(f"loss_agg must be one of {', '.join(LOSS_AGG_MODES)}, got {cfg.loss_agg!r}")
-    if cfg.kl_estimator not in KL_ESTIMATORS:
-        p.append(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {cfg.kl_estimator!r}")
     if cfg.adaptive_kl and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
     if not 0 <= cfg.max_failure_rate <= 1:
@@ -401,8 +420,6 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
     return p
 
 
-DPO_PAIR_SOURCES = ("auto", "dataset", "provider", "online")
-ONLINE_RANKING = ("score", "compare")
 
 
 @dataclass
@@ -410,17 +427,14 @@ class DPOConfig(TrainConfig):
     """DPO: preference pairs from a dataset, from a provider's stored preferences, or sampled online and
     ranked by any provider; the policy learns from them against a frozen reference (no reward model)."""
 
-    algo: str = opt("dpo", "algorithm (dpo)")
+    algo: Literal["dpo"] = opt("dpo", "training algorithm")
     data: str = opt("arithmetic-preferences", "pairs (prompt/chosen/rejected columns) or, for --pairs online, "
                     "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
-    pairs: str = opt("auto", "pair source: dataset (prompt/chosen/rejected columns of --data), provider (the "
-                     "reward's preference_pairs()), online (sample num_generations completions per prompt, "
-                     "rank them with the reward, best vs worst), auto (provider when the reward stores "
-                     "preferences, e.g. human; else dataset when --data has chosen/rejected; else online)")
+    pairs: Literal["auto", "dataset", "provider", "online"] = opt("auto", "where preference pairs come from")
     reward: str | None = opt(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
                              "scores the held-out prompts; default: the task's reward, else exact-match")
     beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
-    loss_type: str = opt("sigmoid", f"loss: {', '.join(DPO_LOSS_TYPES)} (ipo uses length-normalised log-probs)")
+    loss_type: DPOLoss = opt("sigmoid", "DPO loss (ipo uses length-normalised log-probs)")
     label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
     rpo_alpha: float = opt(0.0, "weight of the chosen replies' per-token NLL added to the loss (RPO; TRL's "
                            "rpo_alpha); keeps the chosen likelihood from falling with the rejected one")
@@ -429,7 +443,7 @@ class DPOConfig(TrainConfig):
     batch_size: int = opt(8, "pairs per micro-batch per device (online: prompts per micro-batch)")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
     num_generations: int = opt(4, "online: completions sampled per prompt (best vs worst form one pair)")
-    rank_with: str = opt("score", "online: rank samples by score() or by pairwise compare() (round robin)")
+    rank_with: Literal["score", "compare"] = opt("score", "online: rank samples by score() or pairwise compare()")
     max_new_tokens: int = opt(32, "online: longest completion sampled, in tokens")
     temperature: float = opt(1.0, "online: sampling temperature (> 0)")
     top_p: float = opt(1.0, "online: nucleus sampling mass in (0, 1]")
@@ -447,10 +461,6 @@ class DPOConfig(TrainConfig):
 
 def _dpo_problems(cfg: DPOConfig) -> list[str]:
     p = []
-    if cfg.pairs not in DPO_PAIR_SOURCES:
-        p.append(f"pairs must be one of {', '.join(DPO_PAIR_SOURCES)}, got {cfg.pairs!r}")
-    if cfg.loss_type not in DPO_LOSS_TYPES:
-        p.append(f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {cfg.loss_type!r}")
     if not cfg.beta > 0:
         p.append(f"beta must be > 0, got {cfg.beta}")
     if cfg.rpo_alpha < 0:
@@ -461,8 +471,6 @@ def _dpo_problems(cfg: DPOConfig) -> list[str]:
         p.append(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
     if cfg.num_generations < 2:
         p.append(f"num_generations must be >= 2 (a best and a worst sample), got {cfg.num_generations}")
-    if cfg.rank_with not in ONLINE_RANKING:
-        p.append(f"rank_with must be one of {', '.join(ONLINE_RANKING)}, got {cfg.rank_with!r}")
     for name in ("max_new_tokens", "eval_max_new_tokens"):
         if getattr(cfg, name) < 1:
             p.append(f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -13,8 +13,8 @@ position only, and drops finished rows from the batch and the cache so the long 
 pay for sequences that already stopped. Another backend (vLLM, a server) only has to implement
 :meth:`GenerationBackend.generate`.
 
-Log-prob convention (shared with :func:`sequence_logprobs`, which PPO uses for old/reference log-probs):
-``log_softmax(logits / temperature)`` at the sampled token, with temperature 1 for greedy decoding, taken
+Log-prob convention (shared with :func:`rewardhub.logprobs.sequence_logprobs`, which RL uses for old/reference
+log-probs): ``log_softmax(logits / temperature)`` at the sampled token, with temperature 1 for greedy decoding, taken
 *before* top-k / top-p filtering, so it is the log-prob under the same distribution a fresh forward pass
 computes.
 """
@@ -29,6 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from rewardhub.logprobs import accepts_logits_to_keep, position_ids_of
+
 try:
     from transformers.cache_utils import DynamicLayer
 except ImportError:  # pragma: no cover - older transformers without per-layer caches: no preallocation
@@ -40,7 +42,6 @@ __all__ = [
     "SamplingParams",
     "TorchBackend",
     "generate_text",
-    "sequence_logprobs",
 ]
 
 
@@ -135,7 +136,7 @@ class Rollout:
     @property
     def position_ids(self) -> torch.LongTensor:
         """(B, P + T) positions consistent with left padding: ``cumsum(attention_mask) - 1``, clamped at 0."""
-        return _position_ids(self.attention_mask)
+        return position_ids_of(self.attention_mask)
 
     @property
     def completion_lengths(self) -> torch.LongTensor:
@@ -186,11 +187,6 @@ class GenerationBackend(Protocol):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.LongTensor:
-    """(B, L) positions that skip left padding, so a padded prompt sees the same RoPE angles as unpadded."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp_(min=0)
-
-
 def _eos_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
         raise ValueError("eos_token_id is None: generation needs an EOS id to know when a completion ends")
@@ -222,29 +218,6 @@ def _model_device(model: Any) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    """Whether ``model.forward`` takes ``logits_to_keep``, directly or via a wrapper's **kwargs (peft).
-
-    Lets the prefill compute the vocabulary projection for the last position only instead of (B, P, V).
-    """
-    m = model
-    for _ in range(4):
-        try:
-            params = inspect.signature(m.forward).parameters
-        except (TypeError, ValueError):
-            return False
-        if "logits_to_keep" in params:
-            return True
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return False
-        get_base = getattr(m, "get_base_model", None)
-        inner = get_base() if callable(get_base) else None
-        if inner is None or inner is m:
-            return False
-        m = inner
-    return False
 
 
 def _left_pad(
@@ -433,8 +406,6 @@ def _cache_kwarg(model) -> str:
 
     Passing the old name to a new model works but warns on every decode step (and is going away).
     """
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
     try:
         params = inspect.signature(base.forward).parameters
@@ -593,12 +564,12 @@ class TorchBackend:
         # pad tokens, which is harmless: their later outputs are discarded. Without padding, no mask at all
         # (the model takes the fast causal path).
         full_mask = torch.cat([mask, mask.new_ones(B, T)], dim=1) if padded else None
-        prompt_pos = _position_ids(mask)
+        prompt_pos = position_ids_of(mask)
         # Position of completion token t is prompt_len + t (the prompt occupies 0 .. prompt_len - 1).
         step_pos = torch.tensor(lengths, device=device)[:, None] + torch.arange(T, device=device)
 
         logits, cache = self._prefill(
-            model, ids, mask if padded else None, prompt_pos, prompt_ids, _accepts_logits_to_keep(model)
+            model, ids, mask if padded else None, prompt_pos, prompt_ids, accepts_logits_to_keep(model)
         )
 
         if self.preallocate_cache and T > 1:
@@ -662,84 +633,8 @@ class TorchBackend:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Fresh forward log-probs and text convenience
+# Text convenience
 # --------------------------------------------------------------------------------------------------------
-
-
-def _selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits).gather(index)`` without materialising a second (B, T, V) tensor when float32.
-
-    Args:
-        logits: (B, T, V).
-        index: (B, T) token ids.
-
-    Returns:
-        (B, T) float32 log-probs.
-    """
-    if logits.dtype in (torch.float32, torch.float64):
-        picked = logits.gather(-1, index[..., None]).squeeze(-1)
-        return (picked - torch.logsumexp(logits, dim=-1)).float()
-    # Low precision: logsumexp in bf16 is too coarse; upcast one row at a time to bound memory.
-    rows = [
-        row.float().log_softmax(dim=-1).gather(-1, idx[:, None]).squeeze(-1)
-        for row, idx in zip(logits, index)
-    ]
-    return torch.stack(rows)
-
-
-def sequence_logprobs(
-    model: Any,
-    input_ids: torch.LongTensor,
-    attention_mask: torch.LongTensor,
-    completion_start: int,
-    temperature: float = 1.0,
-    position_ids: torch.LongTensor | None = None,
-) -> torch.Tensor:
-    """Fresh forward pass: log-probs (B, T) of ``input_ids[:, completion_start:]`` under logits/temperature.
-
-    Used by PPO for old/reference log-probs; matches :attr:`Rollout.logprobs` when called with
-    ``rollout.input_ids``, ``rollout.attention_mask``, ``rollout.prompt_length`` and the same temperature
-    (the one in :attr:`SamplingParams.logprob_temperature`), with the model in eval mode (dropout off).
-    Gradients flow if the caller has them enabled; the model's mode is left untouched.
-
-    Args:
-        model: causal LM.
-        input_ids: (B, L) prompt (left-padded) + completion.
-        attention_mask: (B, L) 1 for real tokens.
-        completion_start: column where the completion starts (P); must be >= 1.
-        temperature: logits are divided by it (> 0).
-        position_ids: (B, L) positions; default ``cumsum(attention_mask) - 1`` clamped at 0.
-
-    Returns:
-        (B, L - completion_start) float32 log-probs, 0 where ``attention_mask`` is 0.
-    """
-    if not 1 <= completion_start <= input_ids.shape[1]:
-        raise ValueError(
-            f"completion_start must be in [1, {input_ids.shape[1]}] (a token needs a preceding position), "
-            f"got {completion_start}"
-        )
-    if not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0 for log-probs (use 1.0 for greedy rollouts), got {temperature}"
-        )
-    if position_ids is None:
-        position_ids = _position_ids(attention_mask)
-    T = input_ids.shape[1] - completion_start
-    if T == 0:
-        return torch.zeros((input_ids.shape[0], 0), dtype=torch.float32, device=input_ids.device)
-    extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-        **extra,
-    ).logits
-    logits = logits[:, -(T + 1) : -1, :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = _selective_log_softmax(logits, input_ids[:, completion_start:])
-    return logp * attention_mask[:, completion_start:].to(logp.dtype)
 
 
 def generate_text(

@@ -43,3 +43,19 @@ def fresh_plugins():
 
     yield get_plugin_manager()
     reset_plugin_manager()
+
+
+# Helpers shared by the recipe tests (import them: ``from conftest import load_weights, records``).
+
+def load_weights(out, name="model.safetensors"):
+    """The state dict a run saved in ``out/model``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model" / name))
+
+
+def records(out, kind="train"):
+    """The ``kind`` rows (train, eval) of a run's ``metrics.jsonl``."""
+    import json
+
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]

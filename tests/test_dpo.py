@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import load_weights
 
 from rewardhub import PreferencePair, Reward, RewardProvider
 from rewardhub.config import DPOConfig
@@ -45,11 +46,6 @@ def cfg(tiny_model_path, out, train, test=None, **kw):
     base.update(kw)
     return DPOConfig(**base)
 
-
-def load_weights(path, name="model.safetensors"):
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model" / name))
 
 
 def test_config_reports_every_problem():

@@ -12,13 +12,13 @@ from rewardhub.generation import (
     SamplingParams,
     TorchBackend,
     _left_pad,
-    _position_ids,
     _sample,
     _top_k_filter,
     _top_p_filter,
     generate_text,
-    sequence_logprobs,
 )
+from rewardhub.logprobs import position_ids_of as _position_ids
+from rewardhub.logprobs import sequence_logprobs
 
 PAD, EOS, BOS = 0, 1, 2
 PROMPTS = [[BOS, 5, 6, 7, 8, 9, 10], [BOS, 11], [BOS, 12, 13, 14], [BOS, 20, 21, 22, 23]]

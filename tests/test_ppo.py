@@ -5,19 +5,23 @@ import re
 
 import pytest
 import torch
+from conftest import load_weights, records
 
 from rewardhub.cli.main import main
 from rewardhub.config import RLConfig
 from rewardhub.errors import ConfigError, RewardProviderError
 from rewardhub.generation import TorchBackend
-from rewardhub.recipes.rl import rollout_forward, sample_rollout, setup, train_rl
-from rewardhub.recipes.rollout_buffer import (
+from rewardhub.recipes.rl import (
     LossSettings,
     RolloutBatch,
     group_advantages,
     ppo_advantages,
     rl_loss,
+    rollout_forward,
     rows_with_gradient,
+    sample_rollout,
+    setup,
+    train_rl,
 )
 from rewardhub.rewards import Reward, RewardProvider, Status
 
@@ -68,14 +72,6 @@ def cfg(tiny_model_path, out, **kw):
     return RLConfig(**base)
 
 
-def records(out, kind="train"):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
-def load_weights(path):
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model" / "model.safetensors"))
 
 
 def prompt_file(tmp_path, n=16):

@@ -112,7 +112,7 @@ def test_max_time_stops_at_a_step_boundary_then_finishes_and_resumes(tiny_model_
 
 def test_time_spent_evaluating_is_not_training_time(tiny_model_path, tmp_path):
     """Equal budgets mean equal training time, however often a run evaluates (a slow eval costs no steps)."""
-    from rewardhub.engine import StepChores
+    from rewardhub.loop import StepSchedule
 
     class Logger:
         accelerator = argparse.Namespace(num_processes=1)
@@ -124,7 +124,7 @@ def test_time_spent_evaluating_is_not_training_time(tiny_model_path, tmp_path):
         time.sleep(0.4)
         return {"accuracy": 1.0}
 
-    chores = StepChores(SFTConfig(max_steps=10, max_time="0.3s", eval_every=1), Logger(), None, evaluate=slow_eval)
+    chores = StepSchedule(SFTConfig(max_steps=10, max_time="0.3s", eval_every=1), Logger(), None, evaluate=slow_eval)
     with chores.guard(0):
         assert not chores.time_is_up(1)
         metrics = chores.evaluate_now(1)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rewardhub.logprobs import token_logprobs as token_logps
 from rewardhub.maths.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -20,7 +21,6 @@ from rewardhub.maths.rl import (
     ppo_value_loss,
     rloo_advantages,
     token_level_rewards,
-    token_logps,
 )
 
 NAN = float("nan")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import load_weights
 
 from rewardhub.config import SFTConfig
 from rewardhub.recipes.sft import IGNORE, tokenize_sft, train_sft
@@ -17,11 +18,6 @@ def cfg(tiny_model_path, out, **kw):
     base.update(kw)
     return SFTConfig(**base)
 
-
-def load_weights(path):
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model" / "model.safetensors"))
 
 
 def test_tokenize_masks_prompt_and_appends_eos():

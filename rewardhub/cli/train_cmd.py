@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.config import DPOConfig, RLConfig, add_flags, load_config, read_yaml
+from rewardhub.config import RL_PRESETS, DPOConfig, RLConfig, add_flags, load_config, read_yaml
 from rewardhub.tiny_model import BUILTIN_TINY
-
-#: Defaults for the built-in tiny model: the default job, ReFT as a demonstration. The built-in
-#: chain-of-thought task with an imperfect teacher (it drops the carry in 60% of the steps that have one, so
-#: about half its demonstrations end wrong), a warm-up long enough that every seed learns the format, then RL
-#: against the verifier on the same questions. Measured in the README ("ReFT"). Any flag or YAML key overrides
-#: them; the preset's data options go with its data (``--data X`` drops them).
-PRESETS = {BUILTIN_TINY: {
-    "data": "arithmetic-cot", "data_args": {"teacher_error": 0.6}, "algo": "grpo",
-    "sft_warmup_steps": 1000, "max_new_tokens": 32, "batch_size": 32, "num_generations": 8, "max_steps": 200,
-    "temperature": 0.7, "lr": 1e-4, "warmup_ratio": 0.1, "kl_coef": 0.0, "eval_size": 500,
-}}
 
 
 def add_parser(sub):
@@ -28,7 +17,7 @@ def add_parser(sub):
         "it is the task's own reward. --max-steps counts RL (or DPO) steps; --sft-warmup-steps N first runs N "
         "SFT steps on --data into OUT/sft-warmup (the ReFT warm-up). With --algo dpo the defaults are "
         "DPOConfig's: --data arithmetic-preferences, --batch-size 8, --num-generations 4. With the built-in model "
-        f"(the default), RL defaults to the ReFT demonstration: {PRESETS[BUILTIN_TINY]}.")
+        f"(the default), RL defaults to the ReFT demonstration: {RL_PRESETS[BUILTIN_TINY]}.")
     add_flags(p, RLConfig, DPOConfig)
     return p
 
@@ -48,7 +37,7 @@ def run(args) -> int:
 
     dpo = chosen_algo(args) == "dpo"
     # The preset is the RL demonstration's; DPO keeps DPOConfig's own defaults (the help says so).
-    cfg = load_config(DPOConfig, args) if dpo else load_config(RLConfig, args, PRESETS)
+    cfg = load_config(DPOConfig, args) if dpo else load_config(RLConfig, args, RL_PRESETS)
     for file in cfg.verifier_files:
         register_verifier_file(file)
     if dpo:

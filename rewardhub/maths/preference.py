@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rewardhub.logprobs import token_logprobs
 from rewardhub.maths.choices import DPO_LOSS_TYPES
-from rewardhub.maths.rl import token_logps
 
 __all__ = ["DPO_LOSS_TYPES", "bradley_terry_loss", "dpo_loss", "sequence_logps"]
 
@@ -39,7 +39,7 @@ def sequence_logps(logits: Tensor, labels: Tensor, mask: Tensor, average: bool =
     if mask.shape != labels.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)} but labels have {tuple(labels.shape)}")
     m = mask.bool()
-    per_token = token_logps(logits, torch.where(m, labels, torch.zeros_like(labels)))
+    per_token = token_logprobs(logits, torch.where(m, labels, torch.zeros_like(labels)))
     total = torch.where(m, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device)).sum(-1)
     if average:
         return total / m.sum(-1).clamp_min(1).to(total.dtype)

@@ -31,6 +31,7 @@ __all__ = [
     "LOSS_AGG_MODES",
     "AdaptiveKLController",
     "FixedKLController",
+    "adjusted_scores",
     "aggregate",
     "entropy_from_logits",
     "explained_variance",
@@ -44,8 +45,8 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
+    "token_kl",
     "token_level_rewards",
-    "token_logps",
 ]
 
 # Bound on |log ratio| before exponentiating. exp(20) ~ 4.9e8 is finite in fp16/bf16/fp32, so a garbage
@@ -202,6 +203,21 @@ def _last_token_index(mask: Tensor) -> Tensor:
         )
     positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
     return torch.where(m, positions, -1).max(dim=1).values
+
+
+def adjusted_scores(values: Tensor, eos_reached: Tensor, valid: Tensor, missing_eos_penalty: float | None) -> Tensor:
+    """Provider scores with TRL's ``missing_eos_penalty`` subtracted where no EOS was emitted; 0 if failed."""
+    scores = values.float().clone()
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~eos_reached.bool()).float()
+    return torch.where(valid.bool(), scores, torch.zeros_like(scores))
+
+
+def token_kl(logprobs: Tensor, ref_logprobs: Tensor | None, mask: Tensor, estimator: str) -> Tensor:
+    """(N, T) per-token KL(policy || reference) estimate, 0 outside ``mask`` (all 0 without a reference)."""
+    if ref_logprobs is None:
+        return torch.zeros_like(logprobs)
+    return kl_penalty(logprobs, ref_logprobs, estimator, mask=mask)
 
 
 def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
@@ -533,33 +549,6 @@ def ppo_value_loss(
 
 
 # ------------------------------------------------------------------------------------------ logits and logs
-
-
-def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
-    """Log-probability of each label token under ``logits``: ``log softmax(logits)[..., label]``.
-
-    Computed as ``logits[label] - logsumexp(logits)`` one sequence at a time in float32, so no full
-    ``(B, T, V)`` log-softmax is materialised and bf16 logits do not lose precision (the same trade-off as
-    TRL's ``selective_log_softmax``). Labels must already be aligned with the logits (the caller shifts
-    them: ``logits[:, :-1]`` predicts ``input_ids[:, 1:]``). Negative labels (``-100`` padding) are read as
-    token 0; mask those positions out afterwards.
-
-    Args:
-        logits: ``(B, T, V)``.
-        labels: ``(B, T)`` token ids.
-
-    Returns:
-        ``(B, T)`` float32 log-probs.
-    """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} are not aligned")
-    labels = labels.clamp_min(0)
-    rows = []
-    for row_logits, row_labels in zip(logits, labels):
-        row = row_logits.float()
-        picked = row.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    return torch.stack(rows)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

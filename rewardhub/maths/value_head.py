@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rewardhub.logprobs import accepts_logits_to_keep, token_logprobs
 from rewardhub.maths.rl import entropy_from_logits
 
 
@@ -67,15 +68,6 @@ class ActorCritic(nn.Module):
     def has_values(self) -> bool:
         return self.value_head is not None
 
-    def _keeps_logits(self) -> bool:
-        """Whether the policy's forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
-        if not hasattr(self, "_logits_to_keep"):
-            import inspect
-
-            model = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
-            self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        return self._logits_to_keep
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 completion_start: int, temperature: float = 1.0,
                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -97,14 +89,14 @@ class ActorCritic(nn.Module):
         want_hidden = self.value_head is not None and self.critic is None
         # Only the T + 1 last positions' logits are needed: with a 100k+ vocabulary the prompt's logits would
         # dominate memory. `logits_to_keep` is transformers' own switch for that.
-        extra = {"logits_to_keep": T + 1} if self._keeps_logits() else {}
+        extra = {"logits_to_keep": T + 1} if accepts_logits_to_keep(self.policy) else {}
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False, output_hidden_states=want_hidden, **extra)
         logits = out.logits[:, -(T + 1): -1, :].float()
         if temperature != 1.0:
             logits = logits / temperature
         targets = input_ids[:, completion_start:]
-        logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        logprobs = token_logprobs(logits, targets)
         entropy = None
         if with_entropy:
             with torch.no_grad():

@@ -11,7 +11,8 @@ Where the pairs come from is the reward source's business (``cfg.pairs``):
 
 Read top to bottom: pairs -> token ids (prompt, chosen + EOS, rejected + EOS) -> reference log-probs (once up
 front for fixed pairs; on the fly when ``precompute_ref`` is off and online) -> for each step, accumulate
-micro-batches (chosen and rejected in one forward pass) -> clip, step, schedule -> log, evaluate, checkpoint.
+micro-batches (chosen and rejected in one forward pass) -> clip, step, schedule (:class:`DPO`); the loop
+(:func:`rewardhub.loop.run`) logs, evaluates and checkpoints around it.
 The loss is the mean over *all pairs of the optimizer step* (across micro-batches and processes), so
 ``batch_size=8, grad_accum=4`` gives the same update as ``batch_size=32``.
 
@@ -26,35 +27,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rewardhub.config import DPOConfig
 from rewardhub.data import _split_chat, is_conversational, load_rows, render_prompt, require_columns
-from rewardhub.engine import (
-    Checkpointer,
-    DataOrder,
-    MetricsLogger,
-    StepChores,
-    TokenRate,
-    clip_and_step,
-    make_accelerator,
-    make_optimizer,
-    save_final_model,
-)
+from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
 from rewardhub.evaluation import load_eval_rows
-from rewardhub.maths.preference import dpo_loss
+from rewardhub.logprobs import accepts_logits_to_keep
+from rewardhub.loop import Callback, Outcome, run
+from rewardhub.maths.preference import dpo_loss, sequence_logps
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
 from rewardhub.rewards import RewardProvider, Sample
 
 log = logging.getLogger(__name__)
 
-#: per-pair statistics summed over a step (then divided by the number of pairs)
 #: --reward when neither the flag nor the task names one
 DPO_FALLBACK_REWARD = "exact-match"
+#: per-pair statistics summed over a step (then divided by the number of pairs)
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
              "logps/chosen", "logps/rejected", "logps/accuracy")
 
@@ -166,20 +158,12 @@ def batch_logps(model, ids, mask, loss_mask, average: bool = False):
     Logits are computed only from the first reply position on (``logits_to_keep``), so prompt tokens never
     pay for the vocabulary projection and its log-softmax.
     """
-    import torch
-
-    from rewardhub.generation import _accepts_logits_to_keep, _selective_log_softmax
-
     first = int(loss_mask.float().argmax(dim=1).min())  # earliest reply token over the batch
     start = max(first, 1)
     keep = ids.shape[1] - start + 1
-    extra = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-    logits = logits[:, -keep:-1]
-    target, m = ids[:, start:], loss_mask[:, start:].to(torch.float32)
-    per_token = _selective_log_softmax(logits, target) * m
-    total = per_token.sum(-1)
-    return total / m.sum(-1).clamp_min(1) if average else total
+    return sequence_logps(logits[:, -keep:-1], ids[:, start:], loss_mask[:, start:], average)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -223,7 +207,7 @@ def precompute_reference(reference: Reference, examples: list[dict], batch_size:
 # ------------------------------------------------------------------------------------------------------------
 
 def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
-              callbacks: Sequence[Callable[[int, dict[str, float]], None]] = ()) -> dict[str, Any]:
+              callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run DPO as configured; returns the final metrics (held-out ones when there is held-out data).
 
     Args:
@@ -232,121 +216,133 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
         callbacks: called as ``cb(step, metrics)`` after every optimizer step.
     """
     cfg.validate()
-    accelerator = make_accelerator(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                       lora=lora, tokenizer=tokenizer)
-    disable_dropout(model)  # log-prob ratios against the reference must compare like with like
-    model.to(accelerator.device)
-    own_provider = False
     source, train_rows = resolve_pair_source(cfg, provider)
-    if source in ("provider", "online") and provider is None:
+    own_provider = source in ("provider", "online") and provider is None
+    if own_provider:
         from rewardhub.reward_resolution import build_reward, reward_spec_of
 
-        provider, own_provider = build_reward(reward_spec_of(cfg, DPO_FALLBACK_REWARD), cfg.reward_args), True
-    average = cfg.loss_type == "ipo"
-    use_lora = cfg.lora_r > 0
-
+        provider = build_reward(reward_spec_of(cfg, DPO_FALLBACK_REWARD), cfg.reward_args)
     try:
         if source == "provider":
             train_rows = pairs_from_provider(provider)
-        eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size) \
-            if source != "provider" or cfg.eval_data else None
-        if source == "online":
-            require_columns(train_rows, ["prompt"], "online DPO", non_empty=True)
-            examples, eval_examples = None, None
-            if eval_rows is not None:
-                require_columns(eval_rows, ["prompt"], "online DPO evaluation", non_empty=True)
-        else:
-            examples = tokenize_pairs(train_rows, tokenizer, cfg.max_length)
-            eval_examples = tokenize_pairs(eval_rows, tokenizer, cfg.max_length) if eval_rows is not None else None
-
-        # The reference. Fixed pairs: scored once now, by the policy before any update (adapter disabled with
-        # LoRA), before a checkpoint is restored. Otherwise: the adapter-disabled policy or a frozen copy.
-        reference = None
-        if source != "online" and cfg.precompute_ref:
-            initial = Reference(model, use_lora, average)
-            for exs in (examples, eval_examples):
-                if exs is not None:
-                    precompute_reference(initial, exs, cfg.batch_size, accelerator)
-        elif use_lora:
-            reference = Reference(model, True, average)
-        else:
-            frozen = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=str(accelerator.device))
-            frozen.eval().requires_grad_(False)
-            disable_dropout(frozen)
-            reference = Reference(frozen, False, average)
-
-        optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        if reference is not None and use_lora:
-            reference.model = accelerator.unwrap_model(model)
-        checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-        start = checkpointer.resume(cfg.resume)
-
-        world, micro = accelerator.num_processes, cfg.batch_size
-        order = DataOrder(len(train_rows) if source == "online" else len(examples), cfg.seed)
-        ctx = _Context(cfg, accelerator, model, tokenizer, reference, provider, average)
-        evaluate = (lambda: evaluate_online(ctx, eval_rows)) if source == "online" else (
-            lambda: evaluate_pairs(ctx, eval_examples))
-        has_eval = eval_rows is not None
-        final: dict[str, Any] = {}
-        if has_eval and start == 0:
-            final.update({f"initial/{k}": v for k, v in evaluate().items()})
-        logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"dpo__{cfg.seed}__{int(time.time())}",
-                               asdict(cfg), start, f"dpo ({source} pairs)")
-        if has_eval and start == 0:
-            logger.log(0, {k[len("initial/"):]: v for k, v in final.items()}, "eval")
-        def evaluate_and_resume() -> dict[str, float]:
-            result = evaluate()
-            model.train()
-            return result
-
-        chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate_and_resume if has_eval else None)
-        with chores.guard(start):
-            model.train()
-            rate = TokenRate()
-            for step in range(start + 1, cfg.max_steps + 1):
-                if source == "online":
-                    batches, extra = online_round(ctx, train_rows, order, step, world, micro)
-                else:
-                    batches, extra = offline_batches(ctx, examples, order, step, world, micro), {}
-                metrics = _optimizer_step(ctx, batches, optimizer, scheduler)
-                metrics.update(extra)
-                metrics["lr"] = scheduler.get_last_lr()[0]
-                metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
-                rate.add(metrics.pop("tokens"))
-                stop = chores.time_is_up(step)
-                if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
-                    logger.log(step, {**metrics, "tokens_per_s": rate.take()})
-                final.update({f"train/{k}": v for k, v in metrics.items()})
-                chores.after_step(step, metrics,
-                                  f"loss {metrics['loss']:.3f} acc {metrics['rewards/accuracies']:.2f}")
-                if stop:
-                    break
-        if has_eval:
-            final.update(chores.evaluate_now(chores.completed))
-        final["steps"] = chores.completed
-        chores.finish(start)
-        final["pair_source"] = source
-        if source != "online":
-            final["train_pairs"] = len(examples)
-        final["model_path"] = str(save_final_model(accelerator, model, tokenizer, cfg.out))
-        logger.close()
-        return final
+        return run(DPO(cfg, source, train_rows, provider), cfg, callbacks)
     finally:
         if own_provider:
             provider.close()
 
 
-class _Context:
-    """What the step functions share (kept explicit instead of a trainer object)."""
+@dataclass
+class DPOState:
+    """What a DPO step needs, built once by :meth:`DPO.setup`."""
 
-    def __init__(self, cfg, accelerator, model, tokenizer, reference, provider, average):
-        self.cfg, self.accelerator, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
-        self.reference, self.provider, self.average = reference, provider, average
-        self.pad_id = tokenizer.pad_token_id
+    cfg: DPOConfig
+    accelerator: Any
+    model: Any  # prepared
+    tokenizer: Any
+    reference: Reference | None  # None: every example carries precomputed reference log-probs
+    provider: RewardProvider | None
+    average: bool  # length-normalised log-probs (IPO)
+    optimizer: Any = None
+    scheduler: Any = None
+    train_rows: Any = None  # the prompts of online DPO
+    examples: list[dict] | None = None  # fixed pairs, tokenised
+    eval_rows: Any = None
+    eval_examples: list[dict] | None = None
+    order: DataOrder | None = None
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+class DPO:
+    """The DPO recipe for :func:`rewardhub.loop.run`: held-out metrics before (``initial/``) and after."""
+
+    eval_before = True
+
+    def __init__(self, cfg: DPOConfig, source: str, train_rows, provider: RewardProvider | None):
+        self.cfg, self.source, self.train_rows, self.provider = cfg, source, train_rows, provider
+        self.label = f"dpo ({source} pairs)"
+
+    def setup(self, accelerator) -> DPOState:
+        cfg, source = self.cfg, self.source
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                           lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer)
+        disable_dropout(model)  # log-prob ratios against the reference must compare like with like
+        model.to(accelerator.device)
+        state = DPOState(cfg, accelerator, model, tokenizer, None, self.provider, cfg.loss_type == "ipo",
+                         train_rows=self.train_rows)
+        if source != "provider" or cfg.eval_data:
+            state.eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
+        if source == "online":
+            require_columns(state.train_rows, ["prompt"], "online DPO", non_empty=True)
+            if state.eval_rows is not None:
+                require_columns(state.eval_rows, ["prompt"], "online DPO evaluation", non_empty=True)
+        else:
+            state.examples = tokenize_pairs(state.train_rows, tokenizer, cfg.max_length)
+            if state.eval_rows is not None:
+                state.eval_examples = tokenize_pairs(state.eval_rows, tokenizer, cfg.max_length)
+        state.reference = make_reference(state, source != "online" and cfg.precompute_ref)
+        state.optimizer, state.scheduler = make_optimizer(model, cfg, accelerator.num_processes)
+        state.model, state.optimizer, state.scheduler = accelerator.prepare(model, state.optimizer, state.scheduler)
+        if state.reference is not None and cfg.lora_r > 0:
+            state.reference.model = accelerator.unwrap_model(state.model)
+        n = len(state.train_rows) if source == "online" else len(state.examples)
+        state.order = DataOrder(n, cfg.seed)
+        state.model.train()
+        return state
+
+    def step(self, state: DPOState, step: int) -> dict[str, float]:
+        cfg, world, micro = self.cfg, state.accelerator.num_processes, self.cfg.batch_size
+        if self.source == "online":
+            batches, extra = online_round(state, state.train_rows, state.order, step, world, micro)
+        else:
+            batches, extra = offline_batches(state, state.examples, state.order, step, world, micro), {}
+        metrics = _optimizer_step(state, batches, state.optimizer, state.scheduler)
+        metrics.update(extra)
+        metrics["lr"] = state.scheduler.get_last_lr()[0]
+        metrics["epoch"] = state.order.epoch_of(step * cfg.grad_accum, micro * world)
+        return metrics
+
+    def evaluate(self, state: DPOState) -> dict[str, float] | None:
+        if state.eval_rows is None:
+            return None
+        if self.source == "online":
+            return evaluate_online(state, state.eval_rows)
+        return evaluate_pairs(state, state.eval_examples)
+
+    def finish(self, state: DPOState, outcome: Outcome) -> dict[str, Any]:
+        final: dict[str, Any] = {f"initial/{k}": v for k, v in outcome.before.items()}
+        final.update({f"train/{k}": v for k, v in outcome.last.items()})
+        final.update(outcome.after)
+        final.update({"steps": outcome.steps, "pair_source": self.source})
+        if state.examples is not None:
+            final["train_pairs"] = len(state.examples)
+        final["model_path"] = str(save_final_model(state.accelerator, state.model, state.tokenizer, self.cfg.out))
+        return final
+
+
+def make_reference(state: DPOState, precompute: bool) -> Reference | None:
+    """The reference: fixed pairs are scored once now (``precompute``), else a live reference model.
+
+    Precomputed: by the policy before any update (adapter disabled with LoRA), before a checkpoint is
+    restored, into each example's ``ref_chosen``/``ref_rejected``; returns None. Live: the adapter-disabled
+    policy with LoRA, otherwise a frozen second copy.
+    """
+    cfg, accelerator, use_lora = state.cfg, state.accelerator, state.cfg.lora_r > 0
+    if precompute:
+        initial = Reference(state.model, use_lora, state.average)
+        for examples in (state.examples, state.eval_examples):
+            if examples is not None:
+                precompute_reference(initial, examples, cfg.batch_size, accelerator)
+        return None
+    if use_lora:
+        return Reference(state.model, True, state.average)
+    frozen = load_model(cfg.model, dtype=cfg.dtype, tokenizer=state.tokenizer, device=str(accelerator.device))
+    frozen.eval().requires_grad_(False)
+    disable_dropout(frozen)
+    return Reference(frozen, False, state.average)
 
 
 def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None):
@@ -393,13 +389,13 @@ def pairs_from_provider(provider: RewardProvider) -> list[dict[str, Any]]:
 # batches: fixed pairs, or one online round
 # ------------------------------------------------------------------------------------------------------------
 
-def offline_batches(ctx: _Context, examples, order: DataOrder, step: int, world: int, micro: int) -> list[list]:
+def offline_batches(ctx: DPOState, examples, order: DataOrder, step: int, world: int, micro: int) -> list[list]:
     """This process's micro-batches (lists of examples) for ``step``."""
     shares = order.step_batches(ctx.accelerator, step, ctx.cfg.grad_accum, micro)
     return [[examples[i] for i in mine] for mine in shares]
 
 
-def online_round(ctx: _Context, rows, order: DataOrder, step: int, world: int, micro: int):
+def online_round(ctx: DPOState, rows, order: DataOrder, step: int, world: int, micro: int):
     """Sample ``num_generations`` completions per prompt, rank them, pair best vs worst; returns micro-batches.
 
     Sampling is seeded by (seed, step, process), so a resumed run draws the same completions.
@@ -498,7 +494,7 @@ def _pair_stats(losses, pc, pr, rc, rr) -> dict[str, float]:
             "logps/rejected": float(pr.detach().sum()), "logps/accuracy": float((pc > pr).float().sum())}
 
 
-def _ref_logps(ctx: _Context, batch, ids, mask, loss_mask):
+def _ref_logps(ctx: DPOState, batch, ids, mask, loss_mask):
     import torch
 
     if batch and "ref_chosen" in batch[0]:
@@ -518,7 +514,7 @@ def chosen_nll(chosen_logps, chosen_mask, averaged: bool):
     return -chosen_logps / chosen_mask.sum(-1).clamp_min(1).to(chosen_logps.dtype)
 
 
-def _optimizer_step(ctx: _Context, batches: list[list], optimizer, scheduler) -> dict[str, float]:
+def _optimizer_step(ctx: DPOState, batches: list[list], optimizer, scheduler) -> dict[str, float]:
     """One optimizer step over the micro-batches; the loss is the mean over every pair of the step."""
     import torch
 
@@ -556,7 +552,7 @@ def _optimizer_step(ctx: _Context, batches: list[list], optimizer, scheduler) ->
 # evaluation
 # ------------------------------------------------------------------------------------------------------------
 
-def evaluate_pairs(ctx: _Context, examples: list[dict]) -> dict[str, float]:
+def evaluate_pairs(ctx: DPOState, examples: list[dict]) -> dict[str, float]:
     """Held-out DPO loss, implicit-reward accuracy/margin, and ``logps/accuracy``: the share of pairs where
     the policy gives the chosen reply a higher log-prob than the rejected one."""
     import torch
@@ -579,7 +575,7 @@ def evaluate_pairs(ctx: _Context, examples: list[dict]) -> dict[str, float]:
     return {k: v / max(len(examples), 1) for k, v in sums.items()}
 
 
-def evaluate_online(ctx: _Context, rows) -> dict[str, float]:
+def evaluate_online(ctx: DPOState, rows) -> dict[str, float]:
     """Mean provider score of greedy completions for held-out prompts (and accuracy for correctness rewards)."""
     from rewardhub.evaluation import score_greedy
 

@@ -1,8 +1,9 @@
 """Reward-model training: a Bradley-Terry scorer learned from (prompt, chosen, rejected) pairs.
 
 Read top to bottom: pairs -> token ids (prompt + reply + EOS, the prompt cut from the left) -> for each step,
-accumulate micro-batches (chosen and rejected scored in one forward pass) -> clip, step, schedule -> log,
-evaluate held-out pairwise accuracy, checkpoint -> calibration statistics -> ``out/model``.
+accumulate micro-batches (chosen and rejected scored in one forward pass) -> clip, step, schedule
+(:class:`RewardModel`; :func:`rewardhub.loop.run` logs, evaluates held-out pairwise accuracy and checkpoints)
+-> calibration statistics -> ``out/model``.
 
 The model is ``AutoModelForSequenceClassification`` with one output (``load_model(kind="reward")``); it
 reads the last token, which is always EOS here. The loss is ``-log sigmoid(r_c - r_r - margin)`` (margin from
@@ -20,26 +21,17 @@ import contextlib
 import json
 import logging
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns
-from rewardhub.engine import (
-    Checkpointer,
-    DataOrder,
-    MetricsLogger,
-    StepChores,
-    TokenRate,
-    clip_and_step,
-    make_accelerator,
-    make_optimizer,
-)
+from rewardhub.engine import DataOrder, clip_and_step, make_optimizer
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
+from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.preference import bradley_terry_loss
 from rewardhub.models import LoraOptions, load_model, load_tokenizer
 from rewardhub.recipes.dpo import encode_completion, pair_texts
@@ -114,64 +106,86 @@ def score_ids(model, seqs: Sequence[list[int]], pad_id: int, batch_size: int, de
     return out
 
 
-def train_reward_model(cfg: RewardModelConfig,
-                       callbacks: Sequence[Callable[[int, dict[str, float]], None]] = ()) -> dict[str, Any]:
+def train_reward_model(cfg: RewardModelConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train a Bradley-Terry reward model; returns the final metrics (held-out accuracy and margin when there
     is held-out data, the calibration mean/std, and ``model_path``)."""
     cfg.validate()
-    accelerator = make_accelerator(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                       lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer,
-                       kind="reward")
-    train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
-    require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
-    eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
-    examples = tokenize_rm_pairs(train_rows, tokenizer, cfg.max_length, cfg.use_margin)
-    eval_examples = tokenize_rm_pairs(eval_rows, tokenizer, cfg.max_length, False) if eval_rows is not None else None
+    return run(RewardModel(cfg), cfg, callbacks)
 
-    optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
-    start = checkpointer.resume(cfg.resume)
-    world, micro = accelerator.num_processes, cfg.batch_size
-    order = DataOrder(len(examples), cfg.seed)
-    pad_id = tokenizer.pad_token_id
-    logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"rm__{cfg.seed}__{int(time.time())}",
-                           asdict(cfg), start, "reward model")
-    def evaluate() -> dict[str, float]:
-        result = evaluate_reward_model(accelerator, model, eval_examples, cfg, pad_id)
+
+@dataclass
+class RewardModelState:
+    """What a reward-model step needs, built once by :meth:`RewardModel.setup`."""
+
+    accelerator: Any
+    tokenizer: Any
+    model: Any  # prepared
+    optimizer: Any
+    scheduler: Any
+    train_rows: Any  # the default calibration set
+    examples: list[dict[str, Any]]
+    eval_examples: list[dict[str, Any]] | None
+    order: DataOrder
+
+
+class RewardModel:
+    """The reward-model recipe for :func:`rewardhub.loop.run`."""
+
+    label = "reward model"
+    eval_before = False
+
+    def __init__(self, cfg: RewardModelConfig):
+        self.cfg = cfg
+
+    def setup(self, accelerator) -> RewardModelState:
+        cfg = self.cfg
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                           lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer,
+                           kind="reward")
+        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
+        require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
+        eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
+        examples = tokenize_rm_pairs(train_rows, tokenizer, cfg.max_length, cfg.use_margin)
+        eval_examples = None
+        if eval_rows is not None:
+            eval_examples = tokenize_rm_pairs(eval_rows, tokenizer, cfg.max_length, False)
+        optimizer, scheduler = make_optimizer(model, cfg, accelerator.num_processes)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         model.train()
+        return RewardModelState(accelerator, tokenizer, model, optimizer, scheduler, train_rows, examples,
+                                eval_examples, DataOrder(len(examples), cfg.seed))
+
+    def step(self, state: RewardModelState, step: int) -> dict[str, float]:
+        cfg, accelerator = self.cfg, state.accelerator
+        micro, world = cfg.batch_size, accelerator.num_processes
+        shares = state.order.step_batches(accelerator, step, cfg.grad_accum, micro)
+        batches = [[state.examples[i] for i in mine] for mine in shares]
+        metrics = _optimizer_step(accelerator, state.model, state.optimizer, state.scheduler, batches, cfg,
+                                  state.tokenizer.pad_token_id)
+        metrics["lr"] = state.scheduler.get_last_lr()[0]
+        metrics["epoch"] = state.order.epoch_of(step * cfg.grad_accum, micro * world)
+        return metrics
+
+    def evaluate(self, state: RewardModelState) -> dict[str, float] | None:
+        if state.eval_examples is None:
+            return None
+        result = evaluate_reward_model(state.accelerator, state.model, state.eval_examples, self.cfg,
+                                       state.tokenizer.pad_token_id)
+        state.model.train()
         return result
 
-    chores = StepChores(cfg, logger, checkpointer, callbacks, evaluate if eval_examples is not None else None)
-    final: dict[str, Any] = {}
-    with chores.guard(start):
-        model.train()
-        rate = TokenRate()
-        for step in range(start + 1, cfg.max_steps + 1):
-            shares = order.step_batches(accelerator, step, cfg.grad_accum, micro)
-            batches = [[examples[i] for i in mine] for mine in shares]
-            metrics = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg, pad_id)
-            metrics["lr"] = scheduler.get_last_lr()[0]
-            metrics["epoch"] = order.epoch_of(step * cfg.grad_accum, micro * world)
-            rate.add(metrics.pop("tokens"))
-            stop = chores.time_is_up(step)
-            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
-                logger.log(step, {**metrics, "tokens_per_s": rate.take()})
-            final.update({f"train/{k}": v for k, v in metrics.items()})
-            chores.after_step(step, metrics, f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}")
-            if stop:
-                break
-    if eval_examples is not None:
-        final.update(chores.evaluate_now(chores.completed))
-    final["steps"] = chores.completed
-    chores.finish(start)
-    calibration = calibrate(accelerator.unwrap_model(model), tokenizer, cfg, train_rows, accelerator.device)
-    final.update({f"calibration/{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
-    final["model_path"] = str(save_reward_model(accelerator, model, tokenizer, cfg.out, calibration))
-    logger.close()
-    return final
+    def finish(self, state: RewardModelState, outcome: Outcome) -> dict[str, Any]:
+        """Calibrate on the calibration pairs, save ``out/model`` with the statistics beside it."""
+        accelerator, cfg = state.accelerator, self.cfg
+        final: dict[str, Any] = {f"train/{k}": v for k, v in outcome.last.items()}
+        final.update({**outcome.after, "steps": outcome.steps})
+        calibration = calibrate(accelerator.unwrap_model(state.model), state.tokenizer, cfg, state.train_rows,
+                                accelerator.device)
+        final.update({f"calibration/{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
+        path = save_reward_model(accelerator, state.model, state.tokenizer, cfg.out, calibration)
+        final["model_path"] = str(path)
+        return final
 
 
 def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: RewardModelConfig, pad_id: int):

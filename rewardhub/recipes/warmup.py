@@ -8,14 +8,18 @@ command keeps one output directory: ``OUT/sft-warmup`` (a complete SFT run, resu
 
 from __future__ import annotations
 
+import copy
+from dataclasses import fields
 from pathlib import Path
 
-from rewardhub.config import RLConfig, SFTConfig
+from rewardhub.config import DataArgs, ModelArgs, RewardArgs, RLConfig, SFTConfig
 from rewardhub.errors import ConfigError
 from rewardhub.rewards import RewardProvider
 
 #: columns that give SFT something to imitate (rewardhub.data's prompt/completion, conversational and text formats)
 DEMONSTRATION_COLUMNS = ("completion", "messages", "text")
+#: the warm-up trains all parameters; --lora-r applies to the RL stage
+LORA_FIELDS = {"lora_r", "lora_alpha", "lora_dropout"}
 
 
 def check_warmup_data(cfg: RLConfig) -> None:
@@ -45,14 +49,13 @@ def sft_warmup(cfg: RLConfig, provider: RewardProvider | None = None) -> str:
         return str(model)  # finished earlier: a rerun of the same command resumes RL, not SFT
     from rewardhub.recipes.sft import train_sft
 
+    # The model, data and reward fields carry over; the optimiser fields keep SFTConfig's defaults.
+    carried = {f.name for group in (ModelArgs, DataArgs, RewardArgs) for f in fields(group)} - LORA_FIELDS
     sft_cfg = SFTConfig(
-        model=cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-        data=cfg.data, eval_data=cfg.eval_data, data_args=dict(cfg.data_args), column_map=dict(cfg.column_map),
-        max_length=cfg.max_length, eval_size=cfg.eval_size, out=str(out), seed=cfg.seed,
+        **{name: copy.deepcopy(getattr(cfg, name)) for name in sorted(carried)},
+        out=str(out), seed=cfg.seed, resume=cfg.resume, report_to=cfg.report_to, threads=cfg.threads,
         max_steps=cfg.sft_warmup_steps, eval_every=0, save_every=max(cfg.sft_warmup_steps // 4, 1),
-        log_every=max(cfg.sft_warmup_steps // 10, 1), resume=cfg.resume, report_to=cfg.report_to,
-        threads=cfg.threads, reward=cfg.reward, reward_args=dict(cfg.reward_args),
-        eval_max_new_tokens=cfg.max_new_tokens,
+        log_every=max(cfg.sft_warmup_steps // 10, 1), eval_max_new_tokens=cfg.max_new_tokens,
     )
     train_sft(sft_cfg, provider=provider)
     return str(model)
