@@ -139,3 +139,22 @@ def test_streams_record_what_the_solutions_own_fds_are(sb1):
             "state = (sys.stdin.seekable(), sys.stdin.read(), sys.stdout.seekable(), sys.stderr.seekable())\n")
     r = sb1.run(code, ["assert state == (True, '', False, False), state"])
     assert r.status == Status.OK, r.detail
+
+
+def test_preloaded_modules_are_fresh_per_sample(sb1):
+    # The zygote imports common stdlib modules once; what one sample does to them stays in its own process.
+    from rewardhub_verifier._sandbox_zygote import PRELOADED_MODULES
+
+    assert "typing" in PRELOADED_MODULES and "math" in PRELOADED_MODULES
+    spoiler = ("import math, typing, sys\nmath.pi = 3\ntyping.List = None\nsys.modules.pop('heapq', None)\n"
+               "import heapq\nheapq.heappush = None\n")
+    checker = ("import math, heapq, sys\nfrom typing import List\n"
+               "def f(xs: List[int]) -> int:\n    h = []\n    for x in xs:\n        heapq.heappush(h, x)\n"
+               "    return heapq.heappop(h)\npi = math.pi\nloaded = 'typing' in sys.modules\n")
+    items = []
+    for _ in range(4):
+        items.append((spoiler, ["assert math.pi == 3"]))
+        items.append((checker, ["assert f([3, 1, 2]) == 1", "assert pi == 3.141592653589793", "assert loaded"]))
+    results = sb1.run_many(items)
+    for r in results[1::2]:
+        assert r.status == Status.OK, r.detail
