@@ -21,8 +21,8 @@ from rewardhub.options import coerce, parse_key_values, type_name
 from rewardhub.tiny_model import BUILTIN_TINY
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its help text (mutable defaults handled)."""
+def setting(default: Any, help: str, **kw: Any) -> Any:
+    """A config field: its default and its one-clause help text (mutable defaults handled)."""
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -30,57 +30,57 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelArgs:
-    model: str = opt(BUILTIN_TINY, "model to train: hub id, local directory, or builtin:tiny-llama (built offline)")
-    dtype: str = opt("auto", "parameter dtype: auto, float32, bfloat16, float16")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
-    lora_r: int = opt(0, "LoRA rank (peft); 0 trains all parameters")
-    lora_alpha: int = opt(32, "LoRA alpha")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
+    model: str = setting(BUILTIN_TINY, "model to train: hub id, local directory, or builtin:tiny-llama (built offline)")
+    dtype: str = setting("auto", "parameter dtype: auto, float32, bfloat16, float16")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory")
+    lora_r: int = setting(0, "LoRA rank (peft); 0 trains all parameters")
+    lora_alpha: int = setting(32, "LoRA alpha")
+    lora_dropout: float = setting(0.0, "LoRA dropout")
 
 
 @dataclass
 class DataArgs:
-    data: str = opt("arithmetic", "training data: a task (arithmetic, arithmetic:test), a .jsonl/.json/.parquet/.csv "
-                    "file, a directory, or a hub dataset id")
-    eval_data: str | None = opt(None, "held-out data (default: the task's test split when --data is a task)")
-    data_args: dict = opt({}, "task options as key=value, repeatable (e.g. digits=3, n_ops=2)", flag="--data-arg")
-    column_map: dict = opt({}, "rename columns as src=dst, repeatable (e.g. question=prompt)")
-    max_length: int = opt(256, "truncate prompt+completion to this many tokens (the prompt is cut from the left)")
-    eval_size: int = opt(200, "held-out rows used at each evaluation")
+    data: str = setting("arithmetic", "training data: a task, a .jsonl/.json/.parquet/.csv file, a directory, "
+                            "or a hub dataset id")
+    eval_data: str | None = setting(None, "held-out data (default: the task's test split when --data is a task)")
+    data_args: dict = setting({}, "task options as key=value, repeatable (e.g. digits=3, n_ops=2)", flag="--data-arg")
+    column_map: dict = setting({}, "rename columns as src=dst, repeatable (e.g. question=prompt)")
+    max_length: int = setting(256, "truncate prompt+completion to this many tokens (the prompt is cut from the left)")
+    eval_size: int = setting(200, "held-out rows used at each evaluation")
 
 
 @dataclass
 class TrainArgs:
-    out: str = opt("runs/latest", "output directory: metrics.jsonl, checkpoints/, model/")
-    seed: int = opt(0, "random seed (data order, initialisation, sampling)")
-    lr: float = opt(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    lr_scheduler: str = opt("cosine", "transformers LR schedule: linear, cosine, constant, constant_with_warmup, ...")
-    warmup_ratio: float = opt(0.05, "share of steps spent warming the learning rate up")
-    max_steps: int = opt(1000, "optimizer steps")
-    batch_size: int = opt(64, "sequences per micro-batch per device")
-    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
-    log_every: int = opt(10, "log metrics every N steps")
-    eval_every: int = opt(200, "evaluate every N steps (0: only at the end)")
-    save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
-    resume: bool = opt(True, "resume from the newest checkpoint in --out if there is one")
-    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "experiment tracker (when installed)")
-    threads: int = opt(0, "torch CPU threads (0: torch's default)")
-    max_time: str | None = opt(None, "training-time budget: seconds or a duration (90, 90s, 10m, 1h30m); the run "
-                               "stops at the first step boundary past it, then checkpoints, evaluates and saves as "
-                               "at --max-steps (none: no limit)")
+    out: str = setting("runs/latest", "output directory: metrics.jsonl, checkpoints/, model/")
+    seed: int = setting(0, "random seed (data order, initialisation, sampling)")
+    lr: float = setting(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    lr_scheduler: str = setting("cosine", "transformers LR schedule (linear, cosine, constant, ...)")
+    warmup_ratio: float = setting(0.05, "share of steps spent warming the learning rate up")
+    max_steps: int = setting(1000, "optimizer steps")
+    batch_size: int = setting(64, "sequences per micro-batch per device")
+    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables)")
+    log_every: int = setting(10, "log metrics every N steps")
+    eval_every: int = setting(200, "evaluate every N steps (0: only at the end)")
+    save_every: int = setting(500, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = setting(2, "how many recent checkpoints to keep")
+    resume: bool = setting(True, "resume from the newest checkpoint in --out if there is one")
+    report_to: Literal["none", "tensorboard", "wandb"] = setting("none", "experiment tracker (when installed)")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    max_time: str | None = setting(None, "training-time budget: seconds or a duration (90, 90s, 10m, 1h30m); the run "
+                                   "stops at the first step boundary past it, then checkpoints, evaluates and saves as "
+                                   "at --max-steps (none: no limit)")
 
 
 @dataclass
 class RewardArgs:
-    reward: str | None = opt(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
-                             "module:attr / file.py:attr; default: the task's reward (verifier for the arithmetic "
-                             "tasks), else verifier")
-    reward_args: dict = opt({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
+    reward: str | None = setting(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
+                                 "module:attr / file.py:attr; default: the task's reward (verifier for the arithmetic "
+                                 "tasks), else verifier")
+    reward_args: dict = setting({}, "provider option as key=value (or PROVIDER.key=value in a mix), repeatable",
                             flag="--reward-arg")
-    verifier_files: list = opt([], "python file whose @rewardhub.verifier functions to register, repeatable",
+    verifier_files: list = setting([], "python file whose @rewardhub.verifier functions to register, repeatable",
                                flag="--verifier")
 
 
@@ -88,13 +88,13 @@ class RewardArgs:
 class SFTConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
 
-    batch_size: int = opt(128, "sequences per micro-batch per device")
-    max_steps: int = opt(2000, "optimizer steps")
-    reward: str | None = opt(None, "reward that scores greedy completions of the held-out prompts (accuracy for "
-                             "verifiers, mean reward otherwise); default: the task's reward (verifier for the "
-                             "arithmetic tasks), else exact-match when the rows have an answer column")
-    completion_only_loss: bool = opt(True, "put the loss on completion tokens only (not the prompt)")
-    eval_max_new_tokens: int = opt(64, "tokens generated per held-out prompt when scoring the model")
+    batch_size: int = setting(128, "sequences per micro-batch per device")
+    max_steps: int = setting(2000, "optimizer steps")
+    reward: str | None = setting(None, "reward that scores greedy completions of the held-out prompts (accuracy for "
+                                 "verifiers, mean reward otherwise); default: the task's reward (verifier for the "
+                                 "arithmetic tasks), else exact-match when the rows have an answer column")
+    completion_only_loss: bool = setting(True, "put the loss on completion tokens only (not the prompt)")
+    eval_max_new_tokens: int = setting(64, "tokens generated per held-out prompt when scoring the model")
 
     def validate(self) -> None:
         problems = validate_train_args(self)
@@ -299,7 +299,7 @@ def load_config(cls: type, args: argparse.Namespace, presets: Mapping[str, Mappi
 class TrainConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
     """Reward-driven training: the algorithm plus the reward source."""
 
-    algo: Literal["ppo", "grpo", "rloo", "dpo"] = opt("ppo", "training algorithm")
+    algo: Literal["ppo", "grpo", "rloo", "dpo"] = setting("ppo", "training algorithm")
 
     def validate(self) -> None:
         problems = validate_train_args(self)
@@ -315,53 +315,52 @@ class RLConfig(TrainConfig):
     then ``ppo_epochs`` passes of minibatch updates over that rollout.
     """
 
-    algo: RLAlgo = opt("ppo", "training algorithm")
-    batch_size: int = opt(8, "prompts per step per device (each sampled num_generations times)")
-    num_generations: int = opt(0, "completions per prompt, laid out as consecutive groups "
-                               "(0: auto = 1 for ppo, 4 for grpo/rloo; grpo/rloo need >= 2)")
-    max_new_tokens: int = opt(32, "longest completion sampled, in tokens")
-    temperature: float = opt(1.0, "sampling temperature (> 0); log-probs are computed from logits / temperature")
-    top_p: float = opt(1.0, "nucleus sampling mass in (0, 1] (1 disables it)")
-    top_k: int = opt(0, "sample among the k most likely tokens (0 disables it)")
-    minibatch_size: int = opt(0, "sequences per optimizer step within a rollout (0: the whole rollout)")
-    ppo_epochs: int = opt(1, "passes over each rollout (PPO/GRPO iterations per batch)")
-    clip_eps: float = opt(0.2, "PPO policy clip range (ratio kept in [1 - eps, 1 + eps_high])")
-    clip_eps_high: float | None = opt(None, "upper clip range (DAPO clip-higher); none: same as clip_eps")
-    target_kl: float | None = opt(None, "stop the epoch loop of a step once the approximate KL between the "
-                                  "updated and the rollout policy exceeds this (none: never)")
-    critic: Literal["policy-head", "separate"] = opt("policy-head", "ppo value function: a head on the policy, or "
-                                                     "a separate critic trunk")
-    vf_coef: float = opt(0.1, "weight of the value loss (ppo)")
-    value_lr_mult: float = opt(1.0, "learning rate of the value head = lr x this (ppo); a zero-initialised "
-                               "head at a policy-sized lr barely fits within a short run, so GAE gets no baseline")
-    clip_value: float | None = opt(0.2, "value-loss clip range around the rollout-time values (none: unclipped)")
-    gamma: float = opt(1.0, "GAE discount (1: no discount within a response, InstructGPT/ReFT)")
-    lam: float = opt(0.95, "GAE lambda (0.95: InstructGPT/ReFT/TRL; 1: OpenRLHF/verl)")
-    whiten_rewards: bool = opt(False, "rescale rewards to unit variance over the batch, mean kept (ppo: "
-                               "per-token rewards as in TRL; grpo/rloo: sequence rewards)")
-    whiten_advantages: bool = opt(True, "whiten ppo advantages over the batch (grpo/rloo advantages are "
-                                  "already group-relative)")
-    scale_rewards: bool = opt(True, "grpo: divide by the group std (false: Dr. GRPO, mean-centred only)")
-    kl_coef: float = opt(0.05, "beta: weight of the KL-to-reference penalty in the reward (initial value "
-                         "when adaptive_kl)")
-    kl_estimator: KLEstimator = opt("k1", "per-token KL estimator (Schulman's k1, k2, k3)")
-    kl_in_reward: bool = opt(True, "subtract beta * KL from the reward (false: no KL in the reward)")
-    kl_loss_coef: float = opt(0.0, "weight of a k3 KL-to-reference term in the loss (GRPO/DeepSeekMath style)")
-    adaptive_kl: bool = opt(False, "adapt beta toward kl_target (Ziegler et al.) instead of keeping it fixed")
-    kl_target: float = opt(6.0, "adaptive KL: target KL per sequence, in nats")
-    kl_horizon: float = opt(10000.0, "adaptive KL: horizon in samples")
-    missing_eos_penalty: float | None = opt(None, "subtracted from the score of completions that never emit "
-                                            "EOS (TRL semantics; none: no penalty)")
-    max_failure_rate: float = opt(0.5, "stop the run when the share of samples whose reward failed "
-                                  "(timeout/error/pending) in one step exceeds this")
-    completions_every: int = opt(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
-    lr: float = opt(1e-5, "peak learning rate (AdamW)")
-    loss_agg: LossAgg = opt("token-mean", "how per-token losses add up (verl's loss_agg_mode)")
-    skip_zero_advantage: bool = opt(True, "skip the passes of rows whose loss is exactly zero (same gradient)")
-    recompute_logprobs: bool = opt(False, "recompute old log-probs with a fresh forward pass instead of reusing the "
-                                   "sampler's (needed when sampling runs in another engine or precision)")
-    sft_warmup_steps: int = opt(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
-                                "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
+    algo: RLAlgo = setting("ppo", "training algorithm")
+    batch_size: int = setting(8, "prompts per step per device (each sampled num_generations times)")
+    num_generations: int = setting(0, "completions per prompt, laid out as consecutive groups "
+                                   "(0: auto = 1 for ppo, 4 for grpo/rloo; grpo/rloo need >= 2)")
+    max_new_tokens: int = setting(32, "longest completion sampled, in tokens")
+    temperature: float = setting(1.0, "sampling temperature (> 0); log-probs are computed from logits / temperature")
+    top_p: float = setting(1.0, "nucleus sampling mass in (0, 1] (1 disables it)")
+    top_k: int = setting(0, "sample among the k most likely tokens (0 disables it)")
+    minibatch_size: int = setting(0, "sequences per optimizer step within a rollout (0: the whole rollout)")
+    ppo_epochs: int = setting(1, "passes over each rollout (PPO/GRPO iterations per batch)")
+    clip_eps: float = setting(0.2, "PPO policy clip range (ratio kept in [1 - eps, 1 + eps_high])")
+    clip_eps_high: float | None = setting(None, "upper clip range (DAPO clip-higher); none: same as clip_eps")
+    target_kl: float | None = setting(None, "stop the epoch loop of a step once the approximate KL between the "
+                                      "updated and the rollout policy exceeds this (none: never)")
+    critic: Literal["policy-head", "separate"] = setting("policy-head", "ppo value function: a head on the policy, or "
+                                                         "a separate critic trunk")
+    vf_coef: float = setting(0.1, "weight of the value loss (ppo)")
+    value_lr_mult: float = setting(1.0, "learning rate of the value head = lr x this (ppo); a zero-initialised "
+                                   "head at a policy-sized lr barely fits within a short run, so GAE gets no baseline")
+    clip_value: float | None = setting(0.2, "value-loss clip range around the rollout-time values (none: unclipped)")
+    gamma: float = setting(1.0, "GAE discount (1: no discount within a response, InstructGPT/ReFT)")
+    lam: float = setting(0.95, "GAE lambda (0.95: InstructGPT/ReFT/TRL; 1: OpenRLHF/verl)")
+    whiten_rewards: bool = setting(False, "rescale rewards to unit variance over the batch, mean kept (ppo: "
+                                   "per-token rewards as in TRL; grpo/rloo: sequence rewards)")
+    whiten_advantages: bool = setting(True, "whiten ppo advantages over the batch (grpo/rloo advantages are "
+                                      "already group-relative)")
+    scale_rewards: bool = setting(True, "grpo: divide by the group std (false: Dr. GRPO, mean-centred only)")
+    kl_coef: float = setting(0.05, "beta: weight of the KL-to-reference penalty in the reward (initial value "
+                             "when adaptive_kl)")
+    kl_estimator: KLEstimator = setting("k1", "per-token KL estimator (Schulman's k1, k2, k3)")
+    kl_in_reward: bool = setting(True, "subtract beta * KL from the reward (false: no KL in the reward)")
+    kl_loss_coef: float = setting(0.0, "weight of a k3 KL-to-reference term in the loss (GRPO/DeepSeekMath style)")
+    adaptive_kl: bool = setting(False, "adapt beta toward kl_target (Ziegler et al.) instead of keeping it fixed")
+    kl_target: float = setting(6.0, "adaptive KL: target KL per sequence, in nats")
+    kl_horizon: float = setting(10000.0, "adaptive KL: horizon in samples")
+    missing_eos_penalty: float | None = setting(None, "subtracted from the score of completions that never emit "
+                                                "EOS (TRL semantics; none: no penalty)")
+    max_failure_rate: float = setting(0.5, "stop the run when the share of samples whose reward failed "
+                                      "(timeout/error/pending) in one step exceeds this")
+    completions_every: int = setting(10, "write out/completions/step_XXXXX.jsonl every N steps (0: never)")
+    lr: float = setting(1e-5, "peak learning rate (AdamW)")
+    loss_agg: LossAgg = setting("token-mean", "how per-token losses add up (verl's loss_agg_mode)")
+    skip_zero_advantage: bool = setting(True, "skip the passes of rows whose loss is exactly zero (same gradient)")
+    recompute_logprobs: bool = setting(False, "recompute old log-probs instead of reusing the sampler's")
+    sft_warmup_steps: int = setting(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
+                                    "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
 
     @property
     def generations(self) -> int:
@@ -427,28 +426,28 @@ class DPOConfig(TrainConfig):
     """DPO: preference pairs from a dataset, from a provider's stored preferences, or sampled online and
     ranked by any provider; the policy learns from them against a frozen reference (no reward model)."""
 
-    algo: Literal["dpo"] = opt("dpo", "training algorithm")
-    data: str = opt("arithmetic-preferences", "pairs (prompt/chosen/rejected columns) or, for --pairs online, "
-                    "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
-    pairs: Literal["auto", "dataset", "provider", "online"] = opt("auto", "where preference pairs come from")
-    reward: str | None = opt(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
-                             "scores the held-out prompts; default: the task's reward, else exact-match")
-    beta: float = opt(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
-    loss_type: DPOLoss = opt("sigmoid", "DPO loss (ipo uses length-normalised log-probs)")
-    label_smoothing: float = opt(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
-    rpo_alpha: float = opt(0.0, "weight of the chosen replies' per-token NLL added to the loss (RPO; TRL's "
-                           "rpo_alpha); keeps the chosen likelihood from falling with the rejected one")
-    precompute_ref: bool = opt(True, "compute reference log-probs of offline pairs once before training (no "
-                               "reference model kept in memory); false: a frozen reference scores each batch")
-    batch_size: int = opt(8, "pairs per micro-batch per device (online: prompts per micro-batch)")
-    lr: float = opt(1e-5, "peak learning rate (AdamW)")
-    num_generations: int = opt(4, "online: completions sampled per prompt (best vs worst form one pair)")
-    rank_with: Literal["score", "compare"] = opt("score", "online: rank samples by score() or pairwise compare()")
-    max_new_tokens: int = opt(32, "online: longest completion sampled, in tokens")
-    temperature: float = opt(1.0, "online: sampling temperature (> 0)")
-    top_p: float = opt(1.0, "online: nucleus sampling mass in (0, 1]")
-    top_k: int = opt(0, "online: sample among the k most likely tokens (0 disables it)")
-    eval_max_new_tokens: int = opt(16, "online: tokens generated per held-out prompt when scoring the policy")
+    algo: Literal["dpo"] = setting("dpo", "training algorithm")
+    data: str = setting("arithmetic-preferences", "pairs (prompt/chosen/rejected columns) or, for --pairs online, "
+                        "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    pairs: Literal["auto", "dataset", "provider", "online"] = setting("auto", "where preference pairs come from")
+    reward: str | None = setting(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
+                                 "scores the held-out prompts; default: the task's reward, else exact-match")
+    beta: float = setting(0.1, "DPO beta: strength of the implicit KL regularisation (IPO: its tau)")
+    loss_type: DPOLoss = setting("sigmoid", "DPO loss (ipo uses length-normalised log-probs)")
+    label_smoothing: float = setting(0.0, "assumed label-flip rate for sigmoid (cDPO) and robust losses")
+    rpo_alpha: float = setting(0.0, "weight of the chosen replies' per-token NLL added to the loss (RPO; TRL's "
+                               "rpo_alpha); keeps the chosen likelihood from falling with the rejected one")
+    precompute_ref: bool = setting(True, "compute reference log-probs of offline pairs once before training (no "
+                                   "reference model kept in memory); false: a frozen reference scores each batch")
+    batch_size: int = setting(8, "pairs per micro-batch per device (online: prompts per micro-batch)")
+    lr: float = setting(1e-5, "peak learning rate (AdamW)")
+    num_generations: int = setting(4, "online: completions sampled per prompt (best vs worst form one pair)")
+    rank_with: Literal["score", "compare"] = setting("score", "online: rank samples by score() or pairwise compare()")
+    max_new_tokens: int = setting(32, "online: longest completion sampled, in tokens")
+    temperature: float = setting(1.0, "online: sampling temperature (> 0)")
+    top_p: float = setting(1.0, "online: nucleus sampling mass in (0, 1]")
+    top_k: int = setting(0, "online: sample among the k most likely tokens (0 disables it)")
+    eval_max_new_tokens: int = setting(16, "online: tokens generated per held-out prompt when scoring the policy")
 
     def validate(self) -> None:
         problems = validate_train_args(self)
@@ -487,15 +486,15 @@ def _dpo_problems(cfg: DPOConfig) -> list[str]:
 class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
     """Bradley-Terry reward model: a one-output sequence classifier trained on prompt/chosen/rejected pairs."""
 
-    data: str = opt("arithmetic-preferences", "pairs with prompt/chosen/rejected columns (optional margin): a "
-                    "task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
-    lr: float = opt(1e-4, "peak learning rate (AdamW)")
-    batch_size: int = opt(32, "pairs per micro-batch per device")
-    center_coef: float = opt(0.0, "weight of the reward-centring term center_coef * mean((r_c + r_r)^2) (0: off)")
-    use_margin: bool = opt(True, "use the data's `margin` column when present: -log sigmoid(r_c - r_r - margin)")
-    calibration_data: str | None = opt(None, "pairs whose chosen+rejected scores give the mean/std stored for "
-                                       "normalisation (default: the training pairs)")
-    calibration_size: int = opt(1000, "pairs used for the calibration statistics (0: all)")
+    data: str = setting("arithmetic-preferences", "pairs with prompt/chosen/rejected columns (optional margin): a "
+                        "task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    lr: float = setting(1e-4, "peak learning rate (AdamW)")
+    batch_size: int = setting(32, "pairs per micro-batch per device")
+    center_coef: float = setting(0.0, "weight of the reward-centring term center_coef * mean((r_c + r_r)^2) (0: off)")
+    use_margin: bool = setting(True, "use the data's `margin` column when present: -log sigmoid(r_c - r_r - margin)")
+    calibration_data: str | None = setting(None, "pairs whose chosen+rejected scores give the mean/std stored for "
+                                           "normalisation (default: the training pairs)")
+    calibration_size: int = setting(1000, "pairs used for the calibration statistics (0: all)")
 
     def validate(self) -> None:
         problems = validate_train_args(self)

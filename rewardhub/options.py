@@ -6,6 +6,7 @@ validated here the same way, and every problem is reported at once (:class:`~rew
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import typing
@@ -37,12 +38,9 @@ def coerce(value: Any, annotation: Any) -> Any:
         is_none = value is None or (isinstance(value, str) and value.lower() in {"none", "null"})
         if is_none and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
-            try:
+            with contextlib.suppress(ValueError, TypeError):
                 return coerce(value, arg)
-            except (ValueError, TypeError) as exc:
-                errors.append(str(exc))
         raise ValueError(f"{value!r} is not a {type_name(annotation)}")
     if origin is Literal:
         for choice in args:
