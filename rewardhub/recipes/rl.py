@@ -293,7 +293,7 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
 
 
 def sample_rollout(state: RLState, step: int) -> tuple[list[dict], list[str], Rollout]:
-    """This process's prompts for ``step`` (each repeated ``G`` times, consecutively) and their completions."""
+    """This process's prompts for ``step`` (each repeated ``generations`` times, consecutively), completions."""
     cfg, acc, tok = state.cfg, state.accelerator, state.tokenizer
     indices = state.order.batch(step - 1, cfg.batch_size * acc.num_processes)
     with acc.split_between_processes(indices) as mine:
@@ -301,8 +301,7 @@ def sample_rollout(state: RLState, step: int) -> tuple[list[dict], list[str], Ro
     texts = [render_prompt(r["prompt"], tok) for r in rows]
     keep = max(1, cfg.max_length - cfg.max_new_tokens)
     ids = [p[-keep:] for p in tok(texts, add_special_tokens=False)["input_ids"]]
-    G = cfg.generations
-    rows, texts, ids = ([x for x in xs for _ in range(G)] for xs in (rows, texts, ids))
+    rows, texts, ids = ([x for x in xs for _ in range(cfg.generations)] for xs in (rows, texts, ids))
     rollout = state.backend.generate(state.net.policy, ids, state.params, eos_token_id=state.eos_ids,
                                    pad_token_id=tok.pad_token_id, generator=state.resumable.generator)
     return rows, texts, rollout
@@ -337,27 +336,28 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
     same positions, the same temperature; tested equal to a fresh pass). That saves a full forward per step.
     """
     net, cfg = state.net, state.cfg
-    temp = state.params.logprob_temperature
-    ids, mask, pos, P = rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.prompt_length
+    temperature = state.params.logprob_temperature
+    start = rollout.prompt_length
     chunk = max(1, math.ceil((cfg.minibatch_size or len(rollout)) / cfg.grad_accum))
     policy_pass = net.has_values or cfg.recompute_logprobs
     was_training = net.training
     net.eval()
     old, values, ref = [], [], []
     try:
-        for s in range(0, len(rollout), chunk):
-            sl = slice(s, s + chunk)
+        for first in range(0, len(rollout), chunk):
+            rows = slice(first, first + chunk)
+            ids, mask, pos = rollout.input_ids[rows], rollout.attention_mask[rows], rollout.position_ids[rows]
             if policy_pass:
-                lp, v, _ = net(ids[sl], mask[sl], pos[sl], P, temp)
+                logprobs, value, _ = net(ids, mask, pos, start, temperature)
             else:
-                lp, v = rollout.logprobs[sl], None
-            old.append(lp)
-            values.append(v)
+                logprobs, value = rollout.logprobs[rows], None
+            old.append(logprobs)
+            values.append(value)
             if state.ref == "adapter":
                 with net.policy.disable_adapter():
-                    ref.append(sequence_logprobs(net.policy, ids[sl], mask[sl], P, temp, pos[sl]))
+                    ref.append(sequence_logprobs(net.policy, ids, mask, start, temperature, pos))
             elif state.ref is not None:
-                ref.append(sequence_logprobs(state.ref, ids[sl], mask[sl], P, temp, pos[sl]))
+                ref.append(sequence_logprobs(state.ref, ids, mask, start, temperature, pos))
     finally:
         net.train(was_training)
     cm = rollout.completion_mask.float()
