@@ -158,3 +158,12 @@ def test_preloaded_modules_are_fresh_per_sample(sb1):
     results = sb1.run_many(items)
     for r in results[1::2]:
         assert r.status == Status.OK, r.detail
+
+
+def test_keyword_arguments_cross_and_their_absence_too(sb1):
+    code = "def f(a, b=2, *, c=3, **kw):\n    return [a, b, c, sorted(kw.items())]\n"
+    tests = ["assert f(1) == [1, 2, 3, []]", "assert f(1, c=5) == [1, 2, 5, []]",
+             "assert f(1, b=[1], z={'k': (1, 2)}) == [1, [1], 3, [('z', {'k': (1, 2)})]]",
+             "assert f(**{'a': 0}) == [0, 2, 3, []]"]
+    r = sb1.run(code, tests)
+    assert r.status == Status.OK, r.detail

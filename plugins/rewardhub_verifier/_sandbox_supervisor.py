@@ -29,6 +29,9 @@ if __name__ != "__main__":  # imported on the host; when shipped, all parts shar
     )
 
 
+_RAW = " raw"  # a job's line as the host sent it (no job field has this name: it is not an identifier)
+
+
 class _WorkerSlot:
     def __init__(self, index):
         self.index = index
@@ -237,6 +240,7 @@ class Supervisor:
                 "queued": len(self.queue) - self.qhead,
             })
         else:
+            msg[_RAW] = line  # forwarded as it came (one encoding less per job), unless it is retried
             self.queue.append(msg)
 
     def handle_worker_line(self, slot, line):
@@ -255,7 +259,7 @@ class Supervisor:
             if "infra_error" in msg or "worker_lost" in msg:
                 self.retry_or_emit(job, msg)
             else:
-                self.emit(msg)
+                self.out += line + b"\n"  # the line as the worker wrote it (it parses: it is valid JSON)
 
     def dispatch(self):
         for slot in self.slots:
@@ -269,7 +273,8 @@ class Supervisor:
             slot.job = job
             slot.state = "busy"
             slot.deadline = time.monotonic() + float(job.get("budget_s", self.cfg["timeout_s"])) + self.grace
-            slot.outbuf += (json.dumps(job) + "\n").encode()
+            raw = job.pop(_RAW, None)
+            slot.outbuf += raw + b"\n" if raw is not None else (json.dumps(job) + "\n").encode()
         if self.qhead > 1024 and self.qhead * 2 > len(self.queue):
             self.queue = self.queue[self.qhead:]
             self.qhead = 0

@@ -150,6 +150,7 @@ class Zygote:
         self.cpu_ms = 0.0  # CPU time of the solution processes waited for in the current job (wait4)
         self.minflt = 0  # their page faults (minor)
         self.siblings = set()  # solution processes that are our children (the zygote cloned with CLONE_PARENT)
+        self.requests = {}  # (mode, cpu_s) -> encoded spawn request, with namespaces (no per-sample tmpdir)
 
     def _recv(self, timeout):
         ready, _, _ = select.select([self.sock], [], [], timeout)
@@ -166,7 +167,13 @@ class Zygote:
     def spawn(self, mode, cfg, fds, tmpdir=None):
         """(pid, pidfd) of a new solution process; its descriptors 0-5 become ``fds`` (stdin, stdout, stderr,
         code, requests in, answers out)."""
-        socket.send_fds(self.sock, [json.dumps({"mode": mode, "cfg": cfg, "tmpdir": tmpdir}).encode()], fds)
+        key = (mode, cfg.get("cpu_s")) if tmpdir is None else None
+        request = self.requests.get(key)
+        if request is None:
+            request = json.dumps({"mode": mode, "cfg": cfg, "tmpdir": tmpdir}).encode()
+            if key is not None and len(self.requests) < 64:
+                self.requests[key] = request  # (the same for every sample of a mode and time limit)
+        socket.send_fds(self.sock, [request], fds)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             got = self._recv(deadline - time.monotonic())
@@ -255,6 +262,18 @@ class TestServer:
         self.pid = None
 
 
+def _write_some(pending, fd):
+    """Write to the (non-blocking) pipe ``fd`` what it takes of ``pending[fd]``, a memoryview, at most 64 KiB;
+    once its reader is gone, nothing more is left to write."""
+    try:
+        n = os.write(fd, pending[fd][:1 << 16])
+        pending[fd] = pending[fd][n:]
+    except BlockingIOError:
+        pass
+    except OSError:  # the reader is gone
+        pending[fd] = pending[fd][:0]
+
+
 def _pump(reads, writes, deadline, stop_fds=()):
     """Move bytes until every read fd hit EOF, a stop fd became readable, or the deadline passed.
 
@@ -276,13 +295,7 @@ def _pump(reads, writes, deadline, stop_fds=()):
             break
         readable, writable, _ = select.select(open_reads + list(stop_fds), list(pending), [], remaining)
         for fd in writable:
-            try:
-                n = os.write(fd, pending[fd][:1 << 16])
-                pending[fd] = pending[fd][n:]
-            except BlockingIOError:
-                pass
-            except OSError:  # the reader is gone
-                pending[fd] = memoryview(b"")
+            _write_some(pending, fd)
         stop = False
         for fd in readable:
             if fd in stop_fds:
@@ -368,7 +381,11 @@ class Worker:
         self.tmp_root = cfg.get("tmp_root") or "/tmp"
         self.counter = 0
         self.oom_file = os.environ.get("RH_OOM_FILE", "")
-        self.oom_kills = _read_oom_kills(self.oom_file)
+        self.oom_fd = -1
+        if self.oom_file:
+            with contextlib.suppress(OSError):
+                self.oom_fd = os.open(self.oom_file, os.O_RDONLY | os.O_CLOEXEC)  # re-read with pread per job
+        self.oom_kills = self._read_oom_kills()
         self.zygote = Zygote(cfg, zygote_source)  # before any job is read: its memory holds none
         self.tester = TestServer(cfg, self._fork_test_process)
         self.tester.start()
@@ -410,8 +427,19 @@ class Worker:
                         os.unlink(p)
             shutil.rmtree(path, onerror=onerror)
 
+    def _read_oom_kills(self):
+        if self.oom_fd >= 0:
+            try:
+                for line in os.pread(self.oom_fd, 1 << 16, 0).split(b"\n"):
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+                return 0
+            except (OSError, ValueError):
+                pass
+        return _read_oom_kills(self.oom_file)
+
     def _oom(self):
-        kills = _read_oom_kills(self.oom_file)
+        kills = self._read_oom_kills()
         oom = kills > self.oom_kills
         self.oom_kills = kills
         return oom
@@ -544,13 +572,7 @@ class Worker:
             wanted = [fd for fd, view in pending.items() if view]
             readable, writable, _ = select.select([*open_reads, res_r, tester.pidfd], wanted, [], max(limit, 0))
             for fd in writable:
-                try:
-                    n = os.write(fd, pending[fd][:1 << 16])
-                    pending[fd] = pending[fd][n:]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the reader is gone
-                    pending[fd] = pending[fd][:0]
+                _write_some(pending, fd)
                 if fd == code_w and not pending[fd]:
                     os.close(code_w)  # EOF: the solution's process starts running the code
                     del pending[code_w]
