@@ -117,7 +117,7 @@ _C().m([1, 0], 2, k=1, z=3)
 """
 
 
-#: Imported once here, so that a solution importing them finds them loaded: ``from typing import List`` (most
+#: Imported once here, so that a solution importing them finds them loaded: ``from typing import List`` (common in
 #: LeetCode-style completions) cost each solution process 4-5 ms of CPU, ``import math`` 0.4 ms (an extension
 #: module to load). Only stdlib modules, imported before any job: nothing of a sample is in them.
 PRELOADED_MODULES = ("math", "heapq", "bisect", "string", "copy", "typing")
