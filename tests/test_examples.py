@@ -93,3 +93,17 @@ def test_code_verifier_example_scores_as_documented(tmp_path):
                  "--output", str(out)]) == 0
     rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
     assert rewards == [1.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0, 0.1]  # the two hostile rows earn nothing
+
+
+def test_rejection_sampling_recipe_example_runs_in_the_loop(tmp_path):
+    """A recipe written outside rewardhub (examples/rejection_sampling.py) gets the loop's eval, logs and model."""
+    out = tmp_path / "rft"
+    result = subprocess.run([sys.executable, str(ROOT / "examples/rejection_sampling.py"), "--warmup-steps", "20",
+                             "--steps", "3", "--eval-size", "8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out accuracy on 8 problems:" in result.stdout and "before RFT" in result.stdout
+    rows = [json.loads(x) for x in (out / "rft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 3]  # before and after, from the loop
+    assert all("accepted" in r for r in rows if r["kind"] == "train")
+    assert (out / "rft" / "model" / "config.json").exists()
