@@ -18,16 +18,42 @@ an entry point in the ``rewardhub`` group of its package::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:
+    from rewardhub.rewards import Reward, RewardProvider
 
 hookspec = pluggy.HookspecMarker("rewardhub")
 hookimpl = pluggy.HookimplMarker("rewardhub")
 
 
+@dataclass(frozen=True)
+class Task:
+    """A named dataset builder, what ``rewardhub_register_tasks`` registers.
+
+    Args:
+        build: ``build(split: str, **options) -> datasets.Dataset``; options come from ``--data-arg``.
+        default_reward: the reward spec that fits the task (e.g. ``"verifier"``): ``--reward`` when the user
+            names none, and what every recipe's held-out evaluation on the task scores with.
+        splits: the splits ``build`` accepts; the first is the training split, the second held-out.
+    """
+
+    build: Callable[..., Any]
+    default_reward: str = "verifier"
+    splits: tuple[str, ...] = ("train", "test")
+
+
 class RegisterReward(Protocol):
-    def __call__(self, name: str, provider_cls: type, *, description: str = "") -> None: ...
+    def __call__(
+        self,
+        name: str,
+        provider: type[RewardProvider] | RewardProvider | Callable[..., float | bool | Reward | None],
+        *,
+        description: str = "",
+    ) -> None: ...
 
 
 class RegisterVerifier(Protocol):
@@ -36,16 +62,18 @@ class RegisterVerifier(Protocol):
 
 
 class RegisterTask(Protocol):
-    def __call__(self, name: str, task: Any, *, description: str = "") -> None: ...
+    def __call__(self, name: str, task: Task, *, description: str = "") -> None: ...
 
 
 @hookspec
 def rewardhub_register_rewards(register: RegisterReward) -> None:
     """Contribute reward providers, selectable with ``--reward=NAME``.
 
-    Call ``register(name, provider_cls)`` with a :class:`rewardhub.RewardProvider` subclass. Its
-    ``__init__`` keyword arguments (with type annotations) are the provider's options, set with
-    ``--reward-arg key=value`` or under ``reward_args`` in a YAML config.
+    Call ``register(name, provider)`` with a :class:`rewardhub.RewardProvider` subclass. Its ``__init__``
+    keyword arguments (with type annotations) are the provider's options, set with ``--reward-arg
+    key=value`` or under ``reward_args`` in a YAML config. A ready provider instance, or a plain function
+    ``fn(completion, row) -> float | bool | None | Reward`` (wrapped like ``--reward=file.py:fn``), is
+    accepted too; neither takes options.
 
     Example::
 
@@ -95,13 +123,12 @@ def rewardhub_register_verifiers(register: RegisterVerifier) -> None:
 def rewardhub_register_tasks(register: RegisterTask) -> None:
     """Contribute named tasks: a dataset builder plus the reward that fits it.
 
-    Call ``register(name, task)`` with a :class:`rewardhub.tasks.Task` (``build(split, **options) ->
-    datasets.Dataset`` and ``default_reward``). ``--data NAME`` (or ``--data NAME:split``) then loads it.
+    Call ``register(name, task)`` with a :class:`Task` (``build(split, **options) -> datasets.Dataset``
+    and ``default_reward``). ``--data NAME`` (or ``--data NAME:split``) then loads it.
 
     Example::
 
-        from rewardhub import hookimpl
-        from rewardhub.tasks import Task
+        from rewardhub import Task, hookimpl
 
         @hookimpl
         def rewardhub_register_tasks(register):

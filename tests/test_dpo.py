@@ -19,9 +19,9 @@ from rewardhub.algorithms.dpo import (
 )
 from rewardhub.config import DPOConfig
 from rewardhub.errors import ConfigError, DataError
-from rewardhub.tasks.arithmetic import build_arithmetic
-from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer
+from rewardhub_tasks.arithmetic import build_arithmetic
+from rewardhub_tasks.preferences import build_arithmetic_preferences
 
 
 def write_jsonl(path, rows):

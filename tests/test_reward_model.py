@@ -18,8 +18,8 @@ from rewardhub.algorithms.reward_model import (
 )
 from rewardhub.config import RewardModelConfig
 from rewardhub.errors import ConfigError
-from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer, check_provider
+from rewardhub_tasks.preferences import build_arithmetic_preferences
 
 
 def provider_module():
