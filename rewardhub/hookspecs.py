@@ -1,8 +1,8 @@
 """The plugin contract: pluggy hook specifications. This module is rewardhub's public API for plugins.
 
 Every hook receives a ``register`` callable and calls it once per thing it contributes, so one plugin can
-offer several providers, verifiers or tasks, and the core (not the plugin) keeps the registry, detects
-duplicate names and reports which package each name came from.
+offer several providers, verifiers, tasks or commands, and the core (not the plugin) keeps the registry,
+detects duplicate names and reports which package each name came from.
 
 Hooks are called with keyword arguments only; an implementation may accept a subset of a spec's arguments,
 so specs can gain arguments later without breaking plugins.
@@ -17,6 +17,7 @@ an entry point in the ``rewardhub`` group of its package::
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,6 +64,17 @@ class RegisterVerifier(Protocol):
 
 class RegisterTask(Protocol):
     def __call__(self, name: str, task: Task, *, description: str = "") -> None: ...
+
+
+class RegisterCommand(Protocol):
+    def __call__(
+        self,
+        name: str,
+        add_parser: Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
+        run: Callable[[argparse.Namespace], int | None],
+        *,
+        description: str = "",
+    ) -> None: ...
 
 
 @hookspec
@@ -133,4 +145,33 @@ def rewardhub_register_tasks(register: RegisterTask) -> None:
         @hookimpl
         def rewardhub_register_tasks(register):
             register("capitals", Task(build=build_capitals, default_reward="verifier"))
+    """
+
+
+@hookspec
+def rewardhub_register_commands(register: RegisterCommand) -> None:
+    """Contribute subcommands of ``rewardhub``, listed by ``rewardhub --help`` after the core's.
+
+    Call ``register(name, add_parser, run)``. ``add_parser(subparsers)`` adds the command with
+    ``subparsers.add_parser(name, help=...)``, declares its flags and returns that parser. ``run(args)`` runs
+    it with the parsed :class:`argparse.Namespace` and returns the exit status (``None`` is 0); a
+    :class:`rewardhub.errors.RewardhubError` it raises is printed as ``rewardhub NAME: error: ...`` with exit
+    status 2, like a core command's. Import heavy modules inside ``run``, so ``rewardhub --help`` stays fast.
+    A name already taken, by a core command or another plugin, is an error naming both packages.
+
+    Example::
+
+        from rewardhub import hookimpl
+
+        def add_parser(subparsers):
+            p = subparsers.add_parser("hello", help="greet someone")
+            p.add_argument("--name", default="world")
+            return p
+
+        def run(args):
+            print(f"hello, {args.name}")
+
+        @hookimpl
+        def rewardhub_register_commands(register):
+            register("hello", add_parser, run, description="greet someone")
     """

@@ -18,9 +18,9 @@ import pytest
 
 from rewardhub import Sample, Status
 from rewardhub.algorithms.dpo import tokenize_pairs
-from rewardhub.app_thread import AppThread
 from rewardhub.cli.main import main
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
+from rewardhub.http_server import AppThread
 from rewardhub.reward_resolution import build_reward
 from rewardhub.testing import build_tokenizer, check_provider
 from rewardhub_feedback import FeedbackStore, HumanFeedbackReward
