@@ -500,3 +500,55 @@ class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
             problems.append(f"calibration_size must be >= 0, got {self.calibration_size}")
         if problems:
             raise ConfigError(problems)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scoring without training: `rewardhub score` and `rewardhub eval`
+# ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ScoringArgs(RewardArgs):
+    """The reward flags of the commands that only score: there is no task default, so ``--reward`` is required."""
+
+    required: typing.ClassVar[tuple[str, ...]] = ("reward",)
+
+    reward: str | None = opt(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
+                             "module:attr / file.py:attr (required)")
+    column_map: dict = opt({}, "rename columns as src=dst, repeatable (e.g. question=prompt)")
+
+    def validate(self) -> None:
+        problems = [f"--{name.replace('_', '-')} is required" for name in self.required if not getattr(self, name)]
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name, 1) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if getattr(self, "limit", 0) < 0:
+            problems.append(f"limit must be >= 0, got {self.limit}")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass
+class ScoreConfig(ScoringArgs):
+    """``rewardhub score``: the ``completion`` column of existing data, scored with a reward (no model)."""
+
+    required: typing.ClassVar[tuple[str, ...]] = ("reward", "data")
+
+    data: str | None = opt(None, "file, directory, task or hub id with a `completion` column (required)")
+    split: str = opt("train", "split to score when the data has several")
+    batch_size: int = opt(256, "samples per provider call")
+    output: str = opt("scores.jsonl", "where to write per-row results")
+
+
+@dataclass
+class EvalConfig(ScoringArgs):
+    """``rewardhub eval``: a completion generated for each prompt (greedy by default), scored with a reward."""
+
+    model: str = opt(BUILTIN_TINY, "model path or id")
+    data: str = opt("arithmetic:test", "prompts: task, file, directory or hub id")
+    data_args: dict = opt({}, "task option as key=value, repeatable", flag="--data-arg")
+    limit: int = opt(200, "evaluate the first N rows (0: all)")
+    max_new_tokens: int = opt(32, "tokens generated per prompt")
+    temperature: float = opt(0.0, "sampling temperature; 0 for greedy")
+    batch_size: int = opt(64, "prompts per generation batch")
+    seed: int = opt(0, "sampling seed")
+    output: str = opt("eval.jsonl", "where to write per-row results")
