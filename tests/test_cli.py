@@ -1,10 +1,12 @@
 """The `rewardhub` command: help, plugin commands, errors (exit 2 with a message), score, eval and sft paths."""
 
 import json
+import textwrap
+from types import ModuleType
 
 import pytest
 
-from rewardhub import hookimpl
+from rewardhub import hookimpl, hookspecs
 from rewardhub.cli.main import CORE_COMMANDS, build_parser, main, subcommands
 from rewardhub.plugins import get_plugin_manager
 
@@ -32,25 +34,19 @@ def test_help_lists_core_then_plugin_commands(capsys):
     assert "serve a local model" in out and "human-feedback store" in out
 
 
-def add_hello(subparsers):
-    p = subparsers.add_parser("hello", help="greet someone")
-    p.add_argument("--name", default="world")
-    return p
+def docstring_example(hook) -> ModuleType:
+    """The ``Example::`` block of a hook's docstring, run as a plugin module (so the example is tested)."""
+    code = textwrap.dedent(hook.__doc__.split("Example::", 1)[1])
+    module = ModuleType(f"example_{hook.__name__}")
+    exec(compile(code, module.__name__, "exec"), module.__dict__)
+    return module
 
 
-def run_hello(args):
-    print(f"hello, {args.name}")
+HELLO = docstring_example(hookspecs.rewardhub_register_commands)  # a third-party-style plugin: greets `hello`
+add_hello, run_hello = HELLO.add_parser, HELLO.run
 
 
-class HelloPlugin:
-    """A third-party-style plugin, as the hook's docstring writes it."""
-
-    @hookimpl
-    def rewardhub_register_commands(self, register):
-        register("hello", add_hello, run_hello, description="greet someone")
-
-
-class OtherHelloPlugin:
+class OtherHelloPlugin:  # another package's `hello`
     @hookimpl
     def rewardhub_register_commands(self, register):
         register("hello", add_hello, lambda args: print("hi"))
@@ -84,7 +80,7 @@ def plugin():
 
 
 def test_a_plugin_command_is_listed_and_runs(plugin, capsys):
-    plugin(HelloPlugin(), "hello_plugin")
+    plugin(HELLO, "hello_plugin")
     assert main(["hello", "--name", "plugins"]) == 0
     assert capsys.readouterr().out == "hello, plugins\n"
     with pytest.raises(SystemExit):
@@ -101,7 +97,7 @@ def test_a_duplicate_command_name_is_an_error_naming_both(plugin, capsys):
     err = capsys.readouterr().err
     assert "command 'train' is a core rewardhub command" in err and "plugin train_plugin" in err
     get_plugin_manager().unregister(name="train_plugin")
-    plugin(HelloPlugin(), "hello_one")
+    plugin(HELLO, "hello_one")
     plugin(OtherHelloPlugin(), "hello_two")
     assert main(["--version"]) == 2
     err = capsys.readouterr().err
@@ -111,7 +107,7 @@ def test_a_duplicate_command_name_is_an_error_naming_both(plugin, capsys):
 
 def test_a_broken_plugin_costs_only_its_own_commands(plugin, capsys):
     plugin(BrokenPlugins(), "broken_commands")
-    plugin(HelloPlugin(), "hello_plugin")
+    plugin(HELLO, "hello_plugin")
     assert main(["hello"]) == 0
     assert "hello, world" in capsys.readouterr().out
     assert main(["plugins", "--json"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.cli.common import console, print_summary, write_jsonl
+from rewardhub.cli.common import print_reward_summary, write_jsonl
 from rewardhub.config import EvalConfig, add_flags, load_config
 
 
@@ -21,7 +21,7 @@ def run(args) -> int:
     from rewardhub.evaluation import generate_completions, score_rows
     from rewardhub.models import load_model_and_tokenizer
     from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import build_reward, check_reward_spec, summarize
+    from rewardhub.reward_resolution import build_reward, check_reward_spec
 
     cfg = load_config(EvalConfig, args)
     for file in cfg.verifier_files:
@@ -42,9 +42,5 @@ def run(args) -> int:
     output = Path(cfg.output)
     write_jsonl(output, ({"prompt": p, "completion": c, "reward": r.value, "status": r.status.value,
                           "detail": r.detail} for p, c, r in zip(prompts, completions, rewards)))
-    stats = summarize(rewards)
-    if provider.reports_correctness:
-        stats["accuracy"] = stats.get("frac_ok", 0.0)
-    print_summary(f"{provider.display_name}: {cfg.model} on {cfg.data}", stats)
-    console.print(f"per-row results: {output}")
+    print_reward_summary(f"{provider.display_name}: {cfg.model} on {cfg.data}", provider, rewards, output)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.cli.common import console, print_summary, write_jsonl
+from rewardhub.cli.common import print_reward_summary, write_jsonl
 from rewardhub.config import ScoreConfig, add_flags, load_config
 
 
@@ -19,7 +19,7 @@ def add_parser(sub):
 def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
     from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import build_reward, check_reward_spec, summarize
+    from rewardhub.reward_resolution import build_reward, check_reward_spec
     from rewardhub.rewards import Sample
 
     cfg = load_config(ScoreConfig, args)
@@ -40,9 +40,5 @@ def run(args) -> int:
     output = Path(cfg.output)
     write_jsonl(output, ({"index": i, "reward": r.value, "status": r.status.value, "detail": r.detail,
                           **({"parts": dict(r.parts)} if r.parts else {})} for i, r in enumerate(rewards)))
-    stats = summarize(rewards)
-    if provider.reports_correctness:
-        stats["accuracy"] = stats.get("frac_ok", 0.0)
-    print_summary(f"{provider.display_name} on {cfg.data}", stats)
-    console.print(f"per-row results: {output}")
+    print_reward_summary(f"{provider.display_name} on {cfg.data}", provider, rewards, output)
     return 0
