@@ -54,8 +54,8 @@ def parse_args(argv=None):
 
 def prepare(args, work: Path) -> tuple[Path, Path, float]:
     """Build the model and the pairs once; returns (model dir, data file, prompt+reply tokens per pair)."""
-    from rewardhub.tasks.preferences import build_arithmetic_preferences
     from rewardhub.tiny_model import build_tiny_model, build_tokenizer
+    from rewardhub_tasks.preferences import build_arithmetic_preferences
 
     model = work / "model"
     if not (model / "config.json").exists():

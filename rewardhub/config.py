@@ -195,7 +195,8 @@ def add_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
             if cls is not classes[0] or any(g is None for _, g in others):
                 notes.append(f"{cls.__name__} only" if len(classes) > 1 and cls is not classes[0] else
                              f"not {', '.join(c.__name__ for c, g in others if g is None)}")
-            _add_field_flag(parser, f, types[f.name], note=f" [{'; '.join(notes)}]" if notes else "")
+            _add_field_flag(parser, f, types[f.name], note=f" [{'; '.join(notes)}]" if notes else "",
+                            required=f.name in getattr(cls, "required", ()))
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML file whose keys are these options (flags given here override it)")
 
@@ -204,8 +205,10 @@ def _default_of(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any, note: str = "") -> None:
-    help_text = f"{f.metadata.get('help', '')} (default: {_default_of(f)!r}){note}"
+def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any, note: str = "",
+                    required: bool = False) -> None:
+    shown = "required" if required else f"default: {_default_of(f)!r}"
+    help_text = f"{f.metadata.get('help', '')} ({shown}){note}"
     flag = flag_of(f)
     if annotation is dict:
         parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
@@ -504,3 +507,55 @@ class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
             problems.append(f"calibration_size must be >= 0, got {self.calibration_size}")
         if problems:
             raise ConfigError(problems)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scoring without training: `rewardhub score` and `rewardhub eval`
+# ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ScoringArgs(RewardArgs):
+    """The reward flags of the commands that only score: there is no task default, so ``--reward`` is required."""
+
+    required: typing.ClassVar[tuple[str, ...]] = ("reward",)
+
+    reward: str | None = setting(None, "reward: a registered name, a weighted mix (verifier=1.0,length=0.1) or "
+                                 "module:attr / file.py:attr")
+    column_map: dict = setting({}, "rename columns as src=dst, repeatable (e.g. question=prompt)")
+
+    def validate(self) -> None:
+        problems = [f"--{name.replace('_', '-')} is required" for name in self.required if not getattr(self, name)]
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name, 1) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if getattr(self, "limit", 0) < 0:
+            problems.append(f"limit must be >= 0, got {self.limit}")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass
+class ScoreConfig(ScoringArgs):
+    """``rewardhub score``: the ``completion`` column of existing data, scored with a reward (no model)."""
+
+    required: typing.ClassVar[tuple[str, ...]] = ("reward", "data")
+
+    data: str | None = setting(None, "file, directory, task or hub id with a `completion` column")
+    split: str = setting("train", "split to score when the data has several")
+    batch_size: int = setting(256, "samples per provider call")
+    output: str = setting("scores.jsonl", "where to write per-row results")
+
+
+@dataclass
+class EvalConfig(ScoringArgs):
+    """``rewardhub eval``: a completion generated for each prompt (greedy by default), scored with a reward."""
+
+    model: str = setting(BUILTIN_TINY, "model path or id")
+    data: str = setting("arithmetic:test", "prompts: task, file, directory or hub id")
+    data_args: dict = setting({}, "task option as key=value, repeatable", flag="--data-arg")
+    limit: int = setting(200, "evaluate the first N rows (0: all)")
+    max_new_tokens: int = setting(32, "tokens generated per prompt")
+    temperature: float = setting(0.0, "sampling temperature; 0 for greedy")
+    batch_size: int = setting(64, "prompts per generation batch")
+    seed: int = setting(0, "sampling seed")
+    output: str = setting("eval.jsonl", "where to write per-row results")

@@ -18,6 +18,10 @@ class PluginConflictError(RewardhubError):
     """Two plugins registered the same name."""
 
 
+class PluginError(RewardhubError):
+    """A plugin broke the contract, e.g. a command it registered cannot be built."""
+
+
 class UnknownNameError(RewardhubError):
     """A reward, verifier or task name is not registered."""
 

@@ -3,7 +3,8 @@
 Built-in providers and third-party ones are found the same way: modules named by entry points in the
 ``rewardhub`` group. A plugin that fails to import, or whose hook raises, is recorded as a
 :class:`PluginFailure` (shown by ``rewardhub plugins`` and logged) while the others still load. Two
-plugins registering one name is an error naming both packages.
+plugins registering one name (or a plugin registering a core command's name) is an error naming both
+packages.
 
 ``REWARDHUB_LOAD_PLUGINS`` controls autoloading: unset loads every installed plugin; an empty string loads
 none (tests use this and register what they need); ``a,b`` loads only the entry points named ``a`` and
@@ -12,17 +13,18 @@ none (tests use this and register what they need); ``a,b`` loads only the entry 
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
 import importlib.util
 import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 
@@ -33,18 +35,27 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rewardhub"
 LOAD_PLUGINS_ENV = "REWARDHUB_LOAD_PLUGINS"
-KINDS = ("reward", "verifier", "task")
+KINDS = ("reward", "verifier", "task", "command")
 _HOOK_OF_KIND = {
     "reward": "rewardhub_register_rewards",
     "verifier": "rewardhub_register_verifiers",
     "task": "rewardhub_register_tasks",
+    "command": "rewardhub_register_commands",
 }
 VERIFIER_ATTR = "__rewardhub_verifier__"
+CORE = "core"  # the plugin name the CLI's own commands are registered under
+
+
+class Command(NamedTuple):
+    """A ``rewardhub`` subcommand, as registered through ``rewardhub_register_commands`` (or by the core CLI)."""
+
+    add_parser: Callable[[argparse._SubParsersAction], argparse.ArgumentParser]
+    run: Callable[[argparse.Namespace], int | None]
 
 
 @dataclass(frozen=True)
-class Registered:
-    """One registered provider, verifier or task, and where it came from."""
+class RegistryEntry:
+    """One registered provider, verifier, task or command, and where it came from."""
 
     kind: str
     name: str
@@ -68,13 +79,13 @@ class PluginFailure:
 class Registry:
     """Everything the loaded plugins registered, by kind and name."""
 
-    entries: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    entries: dict[str, dict[str, RegistryEntry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     failures: list[PluginFailure] = field(default_factory=list)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 
-    def get(self, kind: str, name: str) -> Registered:
+    def get(self, kind: str, name: str) -> RegistryEntry:
         """Look a name up; an unknown name raises with the list of what is available."""
         try:
             return self.entries[kind][name]
@@ -89,9 +100,15 @@ class Registry:
                 f"unknown {kind} {name!r}. Available {kind}s: {available}.{hint}"
             ) from None
 
-    def add(self, entry: Registered) -> None:
+    def add(self, entry: RegistryEntry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
-        if existing is not None and existing.obj is not entry.obj:
+        if existing is not None and existing.plugin == CORE:
+            raise PluginConflictError(
+                f"{entry.kind} {entry.name!r} is a core rewardhub {entry.kind}; package {entry.package} (plugin "
+                f"{entry.plugin}) cannot register it. Rename it there, uninstall the package, or leave the plugin "
+                f"out with {LOAD_PLUGINS_ENV}=name1,name2."
+            )
+        if existing is not None and existing.obj != entry.obj:
             raise PluginConflictError(
                 f"{entry.kind} {entry.name!r} is registered twice: by package {existing.package} "
                 f"(plugin {existing.plugin}) and by package {entry.package} (plugin {entry.plugin}). "
@@ -169,20 +186,7 @@ def build_registry(pm: PluginManager | None = None) -> Registry:
     pm = pm or get_plugin_manager()
     registry = Registry(failures=list(pm.load_failures))
     for kind in KINDS:
-        caller = getattr(pm.hook, _HOOK_OF_KIND[kind])
-        for impl in reversed(caller.get_hookimpls()):  # registration order, for stable listings
-            package, version = pm.origin(impl.plugin_name, impl.plugin)
-            register = _registrar(registry, kind, impl.plugin_name, package, version)
-            kwargs = {"register": register}
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except PluginConflictError:
-                raise
-            except Exception as exc:
-                registry.failures.append(
-                    PluginFailure(impl.plugin_name, package, f"{_HOOK_OF_KIND[kind]}: {type(exc).__name__}: {exc}")
-                )
-                log.warning("rewardhub plugin %r raised in %s: %s", impl.plugin_name, _HOOK_OF_KIND[kind], exc)
+        _call_hook(pm, registry, kind)
     for plugin_name, plugin in pm.list_name_plugin():
         if isinstance(plugin, ModuleType):
             package, version = pm.origin(plugin_name, plugin)
@@ -190,6 +194,39 @@ def build_registry(pm: PluginManager | None = None) -> Registry:
             for fn_name, check in decorated_verifiers(plugin):
                 register(fn_name, check, description=inspect.getdoc(check) or "")
     return registry
+
+
+def build_commands(core: Mapping[str, Command], pm: PluginManager | None = None) -> Registry:
+    """The ``rewardhub`` subcommands: the core's (``core``, in order), then every plugin's.
+
+    Only ``rewardhub_register_commands`` is called, so a reward plugin's trouble cannot break ``--help``.
+    A plugin command named like a core command, or like another plugin's, raises
+    :class:`PluginConflictError` naming both packages; a hook that raises is recorded in ``failures``.
+    """
+    from rewardhub import __version__
+
+    pm = pm or get_plugin_manager()
+    registry = Registry(failures=list(pm.load_failures))
+    for name, command in core.items():
+        registry.add(RegistryEntry("command", name, command, CORE, "rewardhub", __version__))
+    _call_hook(pm, registry, "command")
+    return registry
+
+
+def _call_hook(pm: PluginManager, registry: Registry, kind: str) -> None:
+    """Call ``kind``'s registration hook of each plugin in turn, recording a plugin whose hook raises."""
+    hook = _HOOK_OF_KIND[kind]
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):  # registration order, for stable listings
+        package, version = pm.origin(impl.plugin_name, impl.plugin)
+        register = _registrar(registry, kind, impl.plugin_name, package, version)
+        kwargs = {"register": register}
+        try:
+            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        except PluginConflictError:
+            raise
+        except Exception as exc:
+            registry.failures.append(PluginFailure(impl.plugin_name, package, f"{hook}: {type(exc).__name__}: {exc}"))
+            log.warning("rewardhub plugin %r raised in %s: %s", impl.plugin_name, hook, exc)
 
 
 def decorated_verifiers(module: ModuleType) -> list[tuple[str, Callable]]:
@@ -203,13 +240,22 @@ def decorated_verifiers(module: ModuleType) -> list[tuple[str, Callable]]:
 
 
 def _registrar(registry: Registry, kind: str, plugin: str, package: str, version: str) -> Callable[..., None]:
-    def register(name: str, obj: Any, *, description: str = "") -> None:
+    def add(name: str, obj: Any, description: str, documented: Any) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"{kind} names must be non-empty strings, got {name!r}")
-        summary = description or (inspect.getdoc(obj) or "").split("\n", 1)[0]
-        registry.add(Registered(kind, name, obj, plugin, package, version, summary))
+        summary = description or (inspect.getdoc(documented) or "").split("\n", 1)[0]
+        registry.add(RegistryEntry(kind, name, obj, plugin, package, version, summary))
 
-    return register
+    def register(name: str, obj: Any, *, description: str = "") -> None:
+        add(name, obj, description, obj)
+
+    def register_command(name: str, add_parser: Callable, run: Callable, *, description: str = "") -> None:
+        if not callable(add_parser) or not callable(run):
+            raise TypeError(f"command {name!r}: register(name, add_parser, run) takes two callables, got "
+                            f"{type(add_parser).__name__} and {type(run).__name__}")
+        add(name, Command(add_parser, run), description, run)
+
+    return register_command if kind == "command" else register
 
 
 def load_python_file(file: str | Path) -> Any:

@@ -7,7 +7,7 @@ import pytest
 
 from rewardhub.data import load_rows
 from rewardhub.errors import ConfigError
-from rewardhub.tasks.arithmetic_cot import build_arithmetic_cot, has_carry, split_of, step_value
+from rewardhub_tasks.arithmetic_cot import build_arithmetic_cot, has_carry, split_of, step_value
 
 STEP = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 

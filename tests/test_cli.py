@@ -1,18 +1,120 @@
-"""The `rewardhub` command: help, errors (exit 2 with a message), score, eval and sft paths."""
+"""The `rewardhub` command: help, plugin commands, errors (exit 2 with a message), score, eval and sft paths."""
 
 import json
+import textwrap
+from types import ModuleType
 
 import pytest
 
-from rewardhub.cli.main import main
+from rewardhub import hookimpl, hookspecs
+from rewardhub.cli.main import CORE_COMMANDS, build_parser, main, subcommands
+from rewardhub.plugins import get_plugin_manager
 
 
-@pytest.mark.parametrize("command", ["plugins", "sft", "train", "score", "eval"])
+def every_command(parser=None, path=()):
+    """Each command and subcommand of the built parser (plugins' included), as the argv that names it."""
+    for name, sub in subcommands(parser or build_parser()).items():
+        yield [*path, name]
+        yield from every_command(sub, (*path, name))
+
+
+@pytest.mark.parametrize("command", every_command(), ids=" ".join)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main([command, "--help"])
+        main([*command, "--help"])
     assert exit_.value.code == 0
     assert "usage: rewardhub" in capsys.readouterr().out
+
+
+def test_help_lists_core_then_plugin_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert list(subcommands(build_parser())) == [*CORE_COMMANDS, "serve", "feedback"]
+    assert "serve a local model" in out and "human-feedback store" in out
+
+
+def docstring_example(hook) -> ModuleType:
+    """The ``Example::`` block of a hook's docstring, run as a plugin module (so the example is tested)."""
+    code = textwrap.dedent(hook.__doc__.split("Example::", 1)[1])
+    module = ModuleType(f"example_{hook.__name__}")
+    exec(compile(code, module.__name__, "exec"), module.__dict__)
+    return module
+
+
+HELLO = docstring_example(hookspecs.rewardhub_register_commands)  # a third-party-style plugin: greets `hello`
+add_hello, run_hello = HELLO.add_parser, HELLO.run
+
+
+class OtherHelloPlugin:  # another package's `hello`
+    @hookimpl
+    def rewardhub_register_commands(self, register):
+        register("hello", add_hello, lambda args: print("hi"))
+
+
+class TrainPlugin:
+    @hookimpl
+    def rewardhub_register_commands(self, register):
+        register("train", add_hello, run_hello)
+
+
+class BrokenPlugins:
+    @hookimpl
+    def rewardhub_register_commands(self, register):
+        register("bad-parser", lambda sub: sub.add_parser("bad-parser").add_argument("--x", type="no"), run_hello)
+        raise RuntimeError("command table unreadable")
+
+
+@pytest.fixture
+def plugin():
+    """Register in-test plugins on the process-wide manager; each is unregistered after the test."""
+    pm, names = get_plugin_manager(), []
+
+    def register(obj, name):
+        pm.register(obj, name=name)
+        names.append(name)
+
+    yield register
+    for name in names:
+        pm.unregister(name=name)
+
+
+def test_a_plugin_command_is_listed_and_runs(plugin, capsys):
+    plugin(HELLO, "hello_plugin")
+    assert main(["hello", "--name", "plugins"]) == 0
+    assert capsys.readouterr().out == "hello, plugins\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "greet someone" in capsys.readouterr().out
+    assert main(["plugins", "--json"]) == 0
+    [entry] = [e for e in json.loads(capsys.readouterr().out)["plugins"] if e["name"] == "hello"]
+    assert (entry["kind"], entry["plugin"], entry["description"]) == ("command", "hello_plugin", "greet someone")
+
+
+def test_a_duplicate_command_name_is_an_error_naming_both(plugin, capsys):
+    plugin(TrainPlugin(), "train_plugin")
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "command 'train' is a core rewardhub command" in err and "plugin train_plugin" in err
+    get_plugin_manager().unregister(name="train_plugin")
+    plugin(HELLO, "hello_one")
+    plugin(OtherHelloPlugin(), "hello_two")
+    assert main(["--version"]) == 2
+    err = capsys.readouterr().err
+    assert "command 'hello' is registered twice" in err and "hello_one" in err and "hello_two" in err
+    assert "REWARDHUB_LOAD_PLUGINS" in err
+
+
+def test_a_broken_plugin_costs_only_its_own_commands(plugin, capsys):
+    plugin(BrokenPlugins(), "broken_commands")
+    plugin(HELLO, "hello_plugin")
+    assert main(["hello"]) == 0
+    assert "hello, world" in capsys.readouterr().out
+    assert main(["plugins", "--json"]) == 0
+    failures = json.loads(capsys.readouterr().out)["failures"]
+    assert any(f["plugin"] == "broken_commands" and "command table unreadable" in f["error"] for f in failures)
+    assert main(["bad-parser"]) == 2
+    assert "command 'bad-parser' of plugin broken_commands" in capsys.readouterr().err
 
 
 def test_train_help_documents_the_reward_flags(capsys):

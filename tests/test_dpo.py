@@ -20,9 +20,9 @@ from rewardhub.recipes.dpo import (
     tokenize_pairs,
     train_dpo,
 )
-from rewardhub.tasks.arithmetic import build_arithmetic
-from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer
+from rewardhub_tasks.arithmetic import build_arithmetic
+from rewardhub_tasks.preferences import build_arithmetic_preferences
 
 
 def write_jsonl(path, rows):

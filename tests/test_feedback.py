@@ -17,15 +17,15 @@ from urllib.request import Request, urlopen
 import pytest
 
 from rewardhub import Sample, Status
-from rewardhub.app_thread import AppThread
 from rewardhub.cli.main import main
 from rewardhub.errors import ConfigError, DataError, RewardProviderError
+from rewardhub.http_server import AppThread
 from rewardhub.recipes.dpo import tokenize_pairs
 from rewardhub.reward_resolution import build_reward
-from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer, check_provider
 from rewardhub_feedback import FeedbackStore, HumanFeedbackReward
 from rewardhub_feedback.server import create_app
+from rewardhub_tasks.preferences import build_arithmetic_preferences
 
 
 def write_jsonl(path, rows):

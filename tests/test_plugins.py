@@ -1,9 +1,12 @@
-"""The plugin contract: in-test plugins, entry-point discovery, error isolation, duplicates, selection."""
+"""The plugin contract: in-test plugins, entry-point discovery, error isolation, duplicates, selection, and a core
+that imports no plugin."""
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +165,30 @@ def test_env_var_selects_plugins_for_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rewardhub.cli.main", "plugins", "--json"],
                          env={**env_all, "REWARDHUB_LOAD_PLUGINS": ""}, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["plugins"] == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_names(tree: ast.AST):
+    """(line, module) for each import statement and each importlib/__import__ call with a literal name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.lineno, node.module or ""
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func in ("import_module", "__import__", "find_spec") and isinstance(node.args[0].value, str):
+                yield node.lineno, node.args[0].value
+
+
+def test_the_core_imports_no_plugin_package():
+    """The core knows no reward source: plugins (built-in ones too) come in through entry points only."""
+    plugin_packages = {p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file()}
+    assert {"rewardhub_judge", "rewardhub_feedback"} <= plugin_packages  # the scan looks where plugins are
+    found = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sorted((ROOT / "rewardhub").rglob("*.py"))
+             for line, module in _imported_names(ast.parse(path.read_text(), str(path)))
+             if module.split(".")[0] in plugin_packages or module.startswith("rewardhub_")]
+    assert found == []

@@ -6,14 +6,13 @@ import time
 
 import pytest
 
-from rewardhub import Reward, RewardProvider, Status, hookimpl
+from rewardhub import Reward, RewardProvider, Status, Task, hookimpl
 from rewardhub.cli.main import main
 from rewardhub.config import RLConfig, SFTConfig, add_flags, load_config, parse_duration
 from rewardhub.data import load_rows
 from rewardhub.plugins import get_plugin_manager
 from rewardhub.recipes.sft import eval_reward_spec, train_sft
 from rewardhub.reward_resolution import reward_spec_of
-from rewardhub.tasks import Task
 
 
 class EveryOther(RewardProvider):
@@ -35,7 +34,7 @@ class LengthTaskPlugin:
 
     @hookimpl
     def rewardhub_register_tasks(self, register):
-        from rewardhub.tasks.arithmetic import build_arithmetic
+        from rewardhub_tasks.arithmetic import build_arithmetic
 
         register("arith-by-length", Task(build=build_arithmetic, default_reward="length"))
 

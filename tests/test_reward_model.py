@@ -18,8 +18,8 @@ from rewardhub.recipes.reward_model import (
     tokenize_rm_pairs,
     train_reward_model,
 )
-from rewardhub.tasks.preferences import build_arithmetic_preferences
 from rewardhub.testing import build_tokenizer, check_provider
+from rewardhub_tasks.preferences import build_arithmetic_preferences
 
 
 def provider_module():

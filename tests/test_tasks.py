@@ -1,7 +1,7 @@
 import pytest
 
 from rewardhub.errors import ConfigError
-from rewardhub.tasks.arithmetic import build_arithmetic, evaluate
+from rewardhub_tasks.arithmetic import build_arithmetic, evaluate
 
 
 def test_evaluate_respects_precedence_against_python():

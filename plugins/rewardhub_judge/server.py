@@ -8,7 +8,7 @@ one generation at a time (one model, one lock), and it has no batching or stream
 the same API at scale.
 
 :class:`ServerThread` runs it on a daemon thread (tests, examples, notebooks) through the core's
-:class:`rewardhub.app_thread.AppThread`.
+:class:`rewardhub.http_server.AppThread`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from rewardhub.app_thread import AppThread
+from rewardhub.http_server import AppThread
 
 log = logging.getLogger(__name__)
 

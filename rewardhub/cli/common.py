@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,18 @@ def print_table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -
 
 def print_summary(title: str, stats: Mapping[str, float]) -> None:
     print_table(title, ["metric", "value"], stats.items())
+
+
+def print_reward_summary(title: str, provider: Any, rewards: Sequence[Any], output: Path) -> None:
+    """``summarize(rewards)`` as a table (with ``accuracy`` for a provider that reports correctness), then where
+    the per-row results went: how ``score`` and ``eval`` end."""
+    from rewardhub.reward_resolution import summarize
+
+    stats = summarize(rewards)
+    if provider.reports_correctness:
+        stats["accuracy"] = stats.get("frac_ok", 0.0)
+    print_summary(title, stats)
+    console.print(f"per-row results: {output}")
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:

@@ -1,4 +1,9 @@
-"""Entry point of the ``rewardhub`` command: builds the subcommands and turns user errors into messages."""
+"""Entry point of the ``rewardhub`` command: builds the subcommands and turns user errors into messages.
+
+The core's commands come first; plugins add theirs through ``rewardhub_register_commands`` (``serve`` from
+the judge plugin, ``feedback`` from the feedback plugin). ``REWARDHUB_LOAD_PLUGINS`` chooses which plugins
+load, so it chooses their commands too.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,16 @@ import logging
 import sys
 
 from rewardhub import __version__
-from rewardhub.cli import eval_cmd, feedback_cmd, plugins_cmd, score_cmd, serve_cmd, sft_cmd, train_cmd, train_rm_cmd
-from rewardhub.errors import RewardhubError
+from rewardhub.cli import eval_cmd, plugins_cmd, score_cmd, sft_cmd, train_cmd, train_rm_cmd
+from rewardhub.errors import PluginError, RewardhubError
+from rewardhub.plugins import CORE, Command, RegistryEntry, build_commands
 
-COMMANDS = (plugins_cmd, sft_cmd, train_cmd, train_rm_cmd, score_cmd, eval_cmd, serve_cmd, feedback_cmd)
+log = logging.getLogger(__name__)
+
+CORE_COMMANDS = {name: Command(module.add_parser, module.run) for name, module in (
+    ("plugins", plugins_cmd), ("sft", sft_cmd), ("train", train_cmd), ("train-rm", train_rm_cmd),
+    ("score", score_cmd), ("eval", eval_cmd),
+)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +32,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rewardhub {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.add_parser(sub).set_defaults(handler=module.run)
+    for entry in build_commands(CORE_COMMANDS).entries["command"].values():
+        _add_command(sub, entry)
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands of ``parser`` by name (``{}`` when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _add_command(sub: argparse._SubParsersAction, entry: RegistryEntry) -> None:
+    """Add one command; a plugin's ``add_parser`` that fails (or adds another name) costs only its command."""
+    try:
+        parser = entry.obj.add_parser(sub)
+        if sub.choices.get(entry.name) is not parser:
+            raise PluginError(f"add_parser must return subparsers.add_parser({entry.name!r}, ...), got {parser!r}")
+    except Exception as exc:
+        if entry.plugin == CORE:
+            raise
+        problem = (f"command {entry.name!r} of plugin {entry.plugin} (package {entry.package}) could not be built: "
+                   f"{type(exc).__name__}: {exc}")
+        log.warning("rewardhub %s", problem)
+        if entry.name in sub.choices:  # half-built: running it reports the problem instead of a KeyError
+            sub.choices[entry.name].set_defaults(handler=_fail_with(problem))
+        return
+    parser.set_defaults(handler=entry.obj.run)
+
+
+def _fail_with(problem: str):
+    def handler(args) -> int:
+        raise PluginError(problem)
+
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except RewardhubError as exc:  # two plugins (or a plugin and the core) claim one command name
+        print(f"rewardhub: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     verbose = args.__dict__.pop("verbose", False)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,

@@ -1,4 +1,5 @@
-"""``rewardhub plugins``: every provider, verifier and task, with the package and version it came from."""
+"""``rewardhub plugins``: every provider, verifier, task and plugin command, with the package and version it came
+from."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from rewardhub.plugins import KINDS, build_registry
 
 
 def add_parser(sub):
-    p = sub.add_parser("plugins", help="list reward providers, verifiers and tasks from installed plugins",
-                       description="List every registered reward provider, verifier and task with its package "
-                       "and version, and any plugin that failed to load.")
+    p = sub.add_parser("plugins", help="list reward providers, verifiers, tasks and commands from installed plugins",
+                       description="List every registered reward provider, verifier, task and plugin command with "
+                       "its package and version, and any plugin that failed to load.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 

@@ -1,4 +1,6 @@
-"""``rewardhub serve``: put a local causal LM behind an OpenAI-compatible API (a judge for ``--reward=judge``)."""
+"""``rewardhub serve``, the judge plugin's command: put a local causal LM behind an OpenAI-compatible API (a
+judge for ``--reward=judge``). Registered through ``rewardhub_register_commands`` in :mod:`rewardhub_judge`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import sys
 from rewardhub.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SERVE_HELP = "serve a local model over an OpenAI-compatible API (a judge for --reward=judge)"
 
 
-def add_parser(sub):
+def add_serve_parser(sub):
     p = sub.add_parser(
-        "serve", help="serve a local model over an OpenAI-compatible API (a judge for --reward=judge)",
+        "serve", help=SERVE_HELP,
         description="Serve a local transformers causal LM (a directory written by save_pretrained, a hub id in the "
         "local cache, or builtin:tiny-llama) at /v1/chat/completions and /v1/models, so `--reward=judge "
         "--reward-arg base_url=http://HOST:PORT/v1` runs RLAIF with no network. Non-streaming, n=1, one generation "
@@ -31,8 +34,8 @@ def add_parser(sub):
     return p
 
 
-def run(args) -> int:
-    from rewardhub.app_thread import bind_socket, make_server
+def run_serve(args) -> int:
+    from rewardhub.http_server import bind_socket, make_server
     from rewardhub_judge.server import create_app, load_local_model
 
     if not 0 <= args.port <= 65535:

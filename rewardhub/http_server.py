@@ -1,8 +1,12 @@
-"""Serve an ASGI app (FastAPI) with uvicorn on a daemon thread: for tests, examples, notebooks and the CLI.
+"""Serving an ASGI app (FastAPI) with uvicorn: a socket bound first, a server, and a daemon-thread runner.
 
-Both HTTP-facing plugins (the judge's OpenAI-compatible server, the feedback store's API) need the same two
-things: a socket bound *before* uvicorn starts, so ``port=0`` picks a free port with no race between
-choosing it and listening on it, and a server that can be started, waited for and stopped from Python.
+Two things every HTTP-facing plugin needs: a socket bound *before* uvicorn starts, so ``port=0`` picks a free
+port with no race between choosing it and listening on it, and a server that can be started, waited for and
+stopped from Python (tests, examples, notebooks). The judge plugin's OpenAI-compatible server
+(``rewardhub serve``) and the feedback store's API (in its tests) both use it.
+
+Why it is in the core: it knows no reward source, only ASGI and sockets, and plugins depend on the core
+alone, never on each other, so a helper two plugins share lives here.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def build_arithmetic_preferences(
         split: ``train`` or ``test``; disjoint, as in the arithmetic task.
         size: number of pairs (default 10,000 train / 500 test).
         seed: generator seed (problems and the choice of wrong answer).
-        digits, n_ops, ops, style: passed to :func:`rewardhub.tasks.arithmetic.build_arithmetic`.
+        digits, n_ops, ops, style: passed to :func:`rewardhub_tasks.arithmetic.build_arithmetic`.
         errors: comma-separated mistakes to draw rejected answers from: off_by_one, off_by_ten, no_carry, digit.
 
     Returns:
@@ -78,7 +78,7 @@ def build_arithmetic_preferences(
     from datasets import Dataset
 
     from rewardhub.errors import ConfigError
-    from rewardhub.tasks.arithmetic import build_arithmetic
+    from rewardhub_tasks.arithmetic import build_arithmetic
 
     kinds = [k.strip() for k in errors.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in ERROR_KINDS]

@@ -1,4 +1,5 @@
-"""``rewardhub feedback``: manage a human-feedback store (the ``human`` reward provider's SQLite file).
+"""``rewardhub feedback``, the feedback plugin's command: manage a human-feedback store (the ``human`` reward
+provider's SQLite file). Registered through ``rewardhub_register_commands`` in :mod:`rewardhub_feedback`.
 
 ``serve`` starts the labelling page and HTTP API; ``import`` loads preference pairs (TRL's format) from a
 JSONL file, any data file or a registered task; ``export`` writes the pairs back out as JSONL; ``stats``
@@ -13,12 +14,14 @@ from pathlib import Path
 
 from rewardhub.cli.common import console, print_summary
 
-DEFAULT_DB = "feedback.db"  # the human provider's default too: both meet in the directory you run from
+from .provider import DEFAULT_DB  # the human provider's default: both meet in the directory you run from
+
+FEEDBACK_HELP = "human-feedback store: serve the labelling page/API, import, export, stats"
 
 
-def add_parser(sub):
+def add_feedback_parser(sub):
     p = sub.add_parser(
-        "feedback", help="human-feedback store: serve the labelling page/API, import, export, stats",
+        "feedback", help=FEEDBACK_HELP,
         description="Manage a human-feedback store, the SQLite file the `human` reward provider reads: "
         "`rewardhub train --algo dpo --reward=human` trains on its comparisons, and "
         "`rewardhub train --reward=human` rewards completions with its ratings (queueing unrated ones).")
@@ -64,12 +67,12 @@ def add_parser(sub):
     return p
 
 
-def run(args) -> int:
-    from rewardhub_feedback.store import FeedbackStore
+def run_feedback(args) -> int:
+    from .store import FeedbackStore
 
     cmd = args.feedback_command
     if cmd == "serve":
-        from rewardhub_feedback.server import serve
+        from .server import serve
 
         store = FeedbackStore(args.db, min_score=args.min_score, max_score=args.max_score)
         console.print(f"labelling page: http://{args.host}:{args.port}/  (store {store.path}, "
