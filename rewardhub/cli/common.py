@@ -53,3 +53,20 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
+
+
+def load_reward_config(cls: type, args: Any, presets: Mapping | None = None) -> Any:
+    """The command's config, with its ``--verifier`` files registered and its ``--reward`` checked (when given).
+
+    The check resolves the spec (and rejects a typo) before any model or dataset is loaded.
+    """
+    from rewardhub.config import load_config
+    from rewardhub.plugins import register_verifier_file
+    from rewardhub.reward_resolution import check_reward_spec
+
+    cfg = load_config(cls, args, presets) if presets is not None else load_config(cls, args)
+    for file in cfg.verifier_files:
+        register_verifier_file(file)
+    if cfg.reward:
+        check_reward_spec(cfg.reward)
+    return cfg

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.cli.common import print_reward_summary, write_jsonl
-from rewardhub.config import EvalConfig, add_flags, load_config
+from rewardhub.cli.common import load_reward_config, print_reward_summary, write_jsonl
+from rewardhub.config import EvalConfig, add_flags
 
 
 def add_parser(sub):
@@ -20,13 +20,9 @@ def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
     from rewardhub.evaluation import generate_completions, score_rows
     from rewardhub.models import load_model_and_tokenizer
-    from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import build_reward, check_reward_spec
+    from rewardhub.reward_resolution import build_reward
 
-    cfg = load_config(EvalConfig, args)
-    for file in cfg.verifier_files:
-        register_verifier_file(file)
-    check_reward_spec(cfg.reward)
+    cfg = load_reward_config(EvalConfig, args)
     rows = load_rows(cfg.data, "test", cfg.data_args or None, cfg.column_map)
     if cfg.limit:
         rows = rows.select(range(min(cfg.limit, len(rows))))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.cli.common import print_reward_summary, write_jsonl
-from rewardhub.config import ScoreConfig, add_flags, load_config
+from rewardhub.cli.common import load_reward_config, print_reward_summary, write_jsonl
+from rewardhub.config import ScoreConfig, add_flags
 
 
 def add_parser(sub):
@@ -18,14 +18,10 @@ def add_parser(sub):
 
 def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
-    from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import build_reward, check_reward_spec
+    from rewardhub.reward_resolution import build_reward
     from rewardhub.rewards import Sample
 
-    cfg = load_config(ScoreConfig, args)
-    for file in cfg.verifier_files:
-        register_verifier_file(file)
-    check_reward_spec(cfg.reward)
+    cfg = load_reward_config(ScoreConfig, args)
     rows = load_rows(cfg.data, cfg.split, None, cfg.column_map)
     require_columns(rows, ["completion"], "score")
     provider = build_reward(cfg.reward, cfg.reward_args)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rewardhub.cli.common import print_summary
-from rewardhub.config import SFTConfig, add_flags, load_config
+from rewardhub.cli.common import load_reward_config, print_summary
+from rewardhub.config import SFTConfig, add_flags
 
 
 def add_parser(sub):
@@ -16,15 +16,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rewardhub.plugins import register_verifier_file
     from rewardhub.recipes.sft import train_sft
-    from rewardhub.reward_resolution import check_reward_spec
 
-    cfg = load_config(SFTConfig, args)
-    for file in cfg.verifier_files:
-        register_verifier_file(file)
-    if cfg.reward:
-        check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
+    cfg = load_reward_config(SFTConfig, args)
     final = train_sft(cfg)
     print_summary(f"sft finished: {cfg.out}", final)
     return 0

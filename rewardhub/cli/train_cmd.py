@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardhub.config import RL_PRESETS, DPOConfig, RLConfig, add_flags, load_config, read_yaml
+from rewardhub.config import RL_PRESETS, DPOConfig, RLConfig, add_flags, read_yaml
 from rewardhub.tiny_model import BUILTIN_TINY
 
 
@@ -31,15 +31,12 @@ def chosen_algo(args) -> str:
 
 
 def run(args) -> int:
-    from rewardhub.cli.common import console, print_summary
-    from rewardhub.plugins import register_verifier_file
+    from rewardhub.cli.common import console, load_reward_config, print_summary
     from rewardhub.reward_resolution import build_reward, check_reward_spec, reward_spec_of
 
     dpo = chosen_algo(args) == "dpo"
     # The preset is the RL demonstration's; DPO keeps DPOConfig's own defaults (the help says so).
-    cfg = load_config(DPOConfig, args) if dpo else load_config(RLConfig, args, RL_PRESETS)
-    for file in cfg.verifier_files:
-        register_verifier_file(file)
+    cfg = load_reward_config(DPOConfig, args) if dpo else load_reward_config(RLConfig, args, RL_PRESETS)
     if dpo:
         from rewardhub.recipes.dpo import DPO_FALLBACK_REWARD as fallback
     else:
