@@ -207,24 +207,28 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any, note: str = "",
                     required: bool = False) -> None:
+    """One field's flag. Field metadata: ``flag`` (another name), ``short`` (e.g. ``-o``), ``positional``."""
+    if f.metadata.get("positional"):
+        parser.add_argument(f.name, metavar=f.name.upper(), help=f.metadata.get("help", ""))
+        return
     shown = "required" if required else f"default: {_default_of(f)!r}"
     help_text = f"{f.metadata.get('help', '')} ({shown}){note}"
-    flag = flag_of(f)
+    names = [*([f.metadata["short"]] if "short" in f.metadata else []), flag_of(f)]
     if annotation is dict:
-        parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
+        parser.add_argument(*names, dest=f.name, action="append", metavar="KEY=VALUE",
                             default=argparse.SUPPRESS, help=help_text)
     elif annotation is list:
-        parser.add_argument(flag, dest=f.name, action="append", metavar=f.name.upper().rstrip("S"),
+        parser.add_argument(*names, dest=f.name, action="append", metavar=f.name.upper().rstrip("S"),
                             default=argparse.SUPPRESS, help=help_text)
     elif annotation is bool:
-        parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+        parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                             default=argparse.SUPPRESS, help=help_text)
     else:
         if typing.get_origin(annotation) is Literal:  # the choices, as argparse shows them
             metavar = "{" + ",".join(map(str, typing.get_args(annotation))) + "}"
         else:
             metavar = type_name(annotation).upper().replace(" ", "")
-        parser.add_argument(flag, dest=f.name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(*names, dest=f.name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

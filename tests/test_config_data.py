@@ -110,3 +110,26 @@ def test_conversational_rows_use_the_chat_template():
     assert render_prompt(messages[:1], tok) == prompt and render_prompt("x=", tok) == "x="
     with pytest.raises(DataError, match="ending with an assistant turn"):
         prompt_and_completion({"messages": messages[:1]}, tok, 5)
+
+
+def test_fields_can_be_positional_or_have_a_short_flag_and_required_ones_say_so():
+    import argparse
+    import typing
+    from dataclasses import dataclass
+
+    from rewardhub.config import setting
+
+    @dataclass
+    class Export:
+        source: str = setting("", "where from", positional=True)
+        output: str | None = setting(None, "where to", short="-o")
+        name: str = setting("", "a name")
+
+        required: typing.ClassVar[tuple[str, ...]] = ("name",)
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Export)
+    cfg = load_config(Export, p.parse_args(["in.jsonl", "-o", "out.jsonl", "--name", "x"]))
+    assert (cfg.source, cfg.output, cfg.name) == ("in.jsonl", "out.jsonl", "x")
+    text = " ".join(p.format_help().split())
+    assert "a name (required)" in text and "-o STR|NONE, --output STR|NONE" in text

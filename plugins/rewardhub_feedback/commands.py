@@ -8,15 +8,55 @@ prints what the store holds. The store module is imported lazily so ``rewardhub 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rewardhub.cli.common import console, print_summary
+from rewardhub.config import add_flags, load_config, setting
 
 from .provider import DEFAULT_DB  # the human provider's default: both meet in the directory you run from
 
 FEEDBACK_HELP = "human-feedback store: serve the labelling page/API, import, export, stats"
+
+
+@dataclass
+class StoreArgs:
+    db: str = setting(DEFAULT_DB, "the store's SQLite file")
+
+
+@dataclass
+class FeedbackServeConfig(StoreArgs):
+    host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 exposes the unauthenticated API)")
+    port: int = setting(8765, "port")
+    min_score: float | None = setting(None, "lowest rating of a NEW store (none: 1)")
+    max_score: float | None = setting(None, "highest rating of a NEW store (none: 5)")
+
+
+@dataclass
+class FeedbackImportConfig(StoreArgs):
+    source: str = setting("", "a .jsonl file, a .json/.parquet/.csv file, or a task name", positional=True)
+    annotator: str = setting("", "annotator name for rows without one (empty: anonymous)")
+    source_tag: str | None = setting(None, "source recorded with each row (none: SOURCE's name)")
+    split: str = setting("train", "split of a task or dataset")
+    data_args: dict = setting({}, "task option as key=value, repeatable (e.g. size=64)", flag="--data-arg")
+
+
+@dataclass
+class FeedbackExportConfig(StoreArgs):
+    output: str | None = setting(None, "output file (none: standard output)", short="-o")
+    raw: bool = setting(False, "every comparison with its annotator and metadata")
+
+
+@dataclass
+class FeedbackStatsConfig(StoreArgs):
+    json: bool = setting(False, "print JSON instead of a table")
+
+
+SUBCOMMANDS = {"serve": FeedbackServeConfig, "import": FeedbackImportConfig, "export": FeedbackExportConfig,
+               "stats": FeedbackStatsConfig}
 
 
 def add_feedback_parser(sub):
@@ -26,44 +66,23 @@ def add_feedback_parser(sub):
         "`rewardhub train --algo dpo --reward=human` trains on its comparisons, and "
         "`rewardhub train --reward=human` rewards completions with its ratings (queueing unrated ones).")
     fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
-    db_help = f"the store's SQLite file (default: ./{DEFAULT_DB})"
-
     s = fsub.add_parser("serve", help="serve the labelling page and the HTTP API",
                         description="Serve the labelling page (GET /) and the JSON API (/api/...) for a store, "
                         "creating the store if it does not exist. Stop with Ctrl-C.")
-    s.add_argument("--db", default=DEFAULT_DB, help=db_help)
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this "
-                   "machine only; 0.0.0.0 exposes the unauthenticated API to the network)")
-    s.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
-    s.add_argument("--min-score", type=float, default=None, help="lowest rating of a NEW store (default 1)")
-    s.add_argument("--max-score", type=float, default=None, help="highest rating of a NEW store (default 5)")
-
     i = fsub.add_parser("import", help="import preference pairs (prompt/chosen/rejected)",
                         description="Import preference rows in TRL's format (prompt, chosen, rejected; strings or "
                         "message lists) into a store, creating it if needed. SOURCE is a .jsonl file (errors name "
                         "the line), another data file, or a registered task such as arithmetic-preferences. Extra "
                         "columns are kept as metadata. All rows are checked first: one bad row imports nothing.")
-    i.add_argument("source", metavar="SOURCE", help="a .jsonl file, a .json/.parquet/.csv file, or a task name")
-    i.add_argument("--db", default=DEFAULT_DB, help=db_help)
-    i.add_argument("--annotator", default="", help="annotator name for rows without one (default: anonymous)")
-    i.add_argument("--source-tag", default=None, help="source recorded with each row (default: SOURCE's name)")
-    i.add_argument("--split", default="train", help="split of a task or dataset (default: train)")
-    i.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="task option, e.g. --data-arg size=64 for arithmetic-preferences")
-
     e = fsub.add_parser("export", help="write the pairs as JSONL (TRL preference format)",
                         description="Write the store's pairs as JSONL with prompt/chosen/rejected, one row per "
                         "labelled pair in the majority's direction (what DPO trains on). --raw writes every stored "
                         "comparison with annotator, time, source and metadata (a lossless backup).")
-    e.add_argument("--db", default=DEFAULT_DB, help=db_help)
-    e.add_argument("-o", "--output", type=Path, default=None, help="output file (default: standard output)")
-    e.add_argument("--raw", action="store_true", help="every comparison with its annotator and metadata")
-
     t = fsub.add_parser("stats", help="print what the store holds",
                         description="Counts: comparisons, distinct pairs, evenly split pairs, ratings, "
                         "annotators and the labelling queue.")
-    t.add_argument("--db", default=DEFAULT_DB, help=db_help)
-    t.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for parser, name in ((s, "serve"), (i, "import"), (e, "export"), (t, "stats")):
+        add_flags(parser, SUBCOMMANDS[name])
     return p
 
 
@@ -71,61 +90,61 @@ def run_feedback(args) -> int:
     from .store import FeedbackStore
 
     cmd = args.feedback_command
+    options = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "feedback_command"})
+    cfg = load_config(SUBCOMMANDS[cmd], options)
     if cmd == "serve":
         from .server import serve
 
-        store = FeedbackStore(args.db, min_score=args.min_score, max_score=args.max_score)
-        console.print(f"labelling page: http://{args.host}:{args.port}/  (store {store.path}, "
+        store = FeedbackStore(cfg.db, min_score=cfg.min_score, max_score=cfg.max_score)
+        console.print(f"labelling page: http://{cfg.host}:{cfg.port}/  (store {store.path}, "
                       f"scale {store.scale[0]:g}..{store.scale[1]:g})")
-        serve(store, args.host, args.port)
+        serve(store, cfg.host, cfg.port)
         return 0
     if cmd == "import":
-        is_new = not Path(args.db).expanduser().exists()
+        is_new = not Path(cfg.db).expanduser().exists()
         try:
-            return _import(args, FeedbackStore(args.db))
+            return _import(cfg, FeedbackStore(cfg.db))
         except BaseException:
             if is_new:  # a failed import must not leave an empty store behind to confuse the next command
                 for suffix in ("", "-wal", "-shm"):
-                    Path(str(Path(args.db).expanduser()) + suffix).unlink(missing_ok=True)
+                    Path(str(Path(cfg.db).expanduser()) + suffix).unlink(missing_ok=True)
             raise
-    with FeedbackStore(args.db, create=False) as store:
+    with FeedbackStore(cfg.db, create=False) as store:
         if cmd == "export":
-            return _export(args, store)
-        return _stats(args, store)
+            return _export(cfg, store)
+        return _stats(cfg, store)
 
 
-def _import(args, store) -> int:
-    from rewardhub.options import parse_key_values
-
-    source = Path(args.source)
+def _import(cfg: FeedbackImportConfig, store) -> int:
+    source = Path(cfg.source)
     with store:
-        if source.suffix == ".jsonl" and not args.data_arg:
-            result = store.import_jsonl(source, args.annotator, args.source_tag)
+        if source.suffix == ".jsonl" and not cfg.data_args:
+            result = store.import_jsonl(source, cfg.annotator, cfg.source_tag)
         else:
             from rewardhub.data import load_rows
 
-            rows = load_rows(args.source, args.split, parse_key_values(args.data_arg, "--data-arg") or None)
-            result = store.add_comparisons(rows, args.annotator, args.source_tag or args.source,
-                                           where=f"{args.source} row")
+            rows = load_rows(cfg.source, cfg.split, cfg.data_args or None)
+            result = store.add_comparisons(rows, cfg.annotator, cfg.source_tag or cfg.source,
+                                           where=f"{cfg.source} row")
         stats = store.stats()
     console.print(f"imported {result.added} comparison(s) into {stats['path']} ({result.duplicates} already "
                   f"stored); the store now has {stats['pairs']} pair(s)")
     return 0
 
 
-def _export(args, store) -> int:
-    if args.output is None:
-        for row in store.export_rows(args.raw):
+def _export(cfg: FeedbackExportConfig, store) -> int:
+    if cfg.output is None:
+        for row in store.export_rows(cfg.raw):
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return 0
-    n = store.export_jsonl(args.output, args.raw)
-    console.print(f"wrote {n} row(s) to {args.output}")
+    n = store.export_jsonl(Path(cfg.output), cfg.raw)
+    console.print(f"wrote {n} row(s) to {cfg.output}")
     return 0
 
 
-def _stats(args, store) -> int:
+def _stats(cfg: FeedbackStatsConfig, store) -> int:
     stats = store.stats()
-    if args.json:
+    if cfg.json:
         print(json.dumps(stats, indent=2))
         return 0
     print_summary(f"feedback store {stats.pop('path')}", {k: _show(v) for k, v in stats.items()})

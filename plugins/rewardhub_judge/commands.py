@@ -5,11 +5,41 @@ judge for ``--reward=judge``). Registered through ``rewardhub_register_commands`
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
+from rewardhub.config import add_flags, choice_problems, load_config, setting
 from rewardhub.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SERVE_HELP = "serve a local model over an OpenAI-compatible API (a judge for --reward=judge)"
+
+
+@dataclass
+class ServeConfig:
+    """``rewardhub serve``'s options."""
+
+    model: str = setting("", "path or id of the model to serve")
+    host: str = setting("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
+    port: int = setting(8000, "port (0 picks a free one)")
+    served_name: str | None = setting(None, "model name clients send and /v1/models lists (none: --model)")
+    api_key: str | None = setting(None, "require this bearer token (set it when listening beyond this machine)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting("auto", "weights dtype (auto: float32 on CPU)")
+    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (none: cuda if available, else cpu)")
+    threads: int = setting(0, "torch CPU threads (0: torch's choice)")
+
+    required: ClassVar[tuple[str, ...]] = ("model",)
+
+    def validate(self) -> None:
+        problems = choice_problems(self)
+        if not self.model:
+            problems.append("--model is required")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be between 0 and 65535, got {self.port}")
+        if self.threads < 0:
+            problems.append(f"--threads must be >= 0, got {self.threads}")
+        if problems:
+            raise ConfigError(problems)
 
 
 def add_serve_parser(sub):
@@ -20,17 +50,7 @@ def add_serve_parser(sub):
         "--reward-arg base_url=http://HOST:PORT/v1` runs RLAIF with no network. Non-streaming, n=1, one generation "
         "at a time; messages are rendered with the tokenizer's chat template. For throughput use vLLM or SGLang, "
         "which serve the same API.")
-    p.add_argument("--model", required=True, help="path or id of the model to serve")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    p.add_argument("--served-name", default=None,
-                   help="model name clients send and /v1/models lists (default: the --model value)")
-    p.add_argument("--api-key", default=None,
-                   help="require this bearer token (set it when listening beyond this machine)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: auto, float32 on CPU)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
+    add_flags(p, ServeConfig)
     return p
 
 
@@ -38,10 +58,7 @@ def run_serve(args) -> int:
     from rewardhub.http_server import bind_socket, make_server
     from rewardhub_judge.server import create_app, load_local_model
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    args = load_config(ServeConfig, args)
     if args.threads:
         import torch
 
