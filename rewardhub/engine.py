@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -165,25 +166,55 @@ class DataOrder:
 
 
 class Checkpointer:
-    """Save and find ``out/checkpoints/step-N`` directories; keep the newest ``keep``."""
+    """Save and find ``out/checkpoints/step-N`` directories; keep the newest ``keep``.
+
+    A checkpoint is written into ``.partial-step-N`` and renamed to ``step-N`` only when complete (its
+    ``trainer_state.json`` fsynced last), so a kill or power loss mid-write leaves no ``step-N`` behind; a
+    ``step-N`` whose ``trainer_state.json`` cannot be read anyway (a damaged disk, a copy gone wrong) is
+    skipped with a warning and the one before it is resumed.
+    """
 
     def __init__(self, accelerator, out: str | Path, keep: int = 2):
         self.accelerator = accelerator
         self.root = Path(out) / "checkpoints"
         self.keep = keep
 
+    def _complete(self) -> list[Path]:
+        """``step-N`` directories, newest first."""
+        steps = [p for p in self.root.glob(f"{CHECKPOINT_PREFIX}*")
+                 if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+        return sorted(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True)
+
     def latest(self) -> Path | None:
-        done = [p for p in self.root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
-        return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+        """The newest checkpoint whose ``trainer_state.json`` reads back; damaged ones are skipped (warned)."""
+        for path in self._complete():
+            try:
+                state = json.loads((path / "trainer_state.json").read_text())
+                if isinstance(state, dict) and isinstance(state.get("step"), int):
+                    return path
+                why = "has no step"
+            except (OSError, ValueError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            log.warning("checkpoint %s is damaged (trainer_state.json: %s); skipping it", path, why)
+        return None
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write a checkpoint; ``trainer_state.json`` is written last, so a half-written one is never resumed."""
+        """Write a checkpoint under a temporary name, then rename it into place (see the class docstring)."""
         path = self.root / f"{CHECKPOINT_PREFIX}{step}"
-        self.accelerator.save_state(str(path))
+        partial = self.root / f".partial-{CHECKPOINT_PREFIX}{step}"
         if self.accelerator.is_main_process:
-            (path / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-            for old in sorted(self.root.glob(f"{CHECKPOINT_PREFIX}*"),
-                              key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))[: -self.keep]:
+            for stale in self.root.glob(f".partial-{CHECKPOINT_PREFIX}*"):  # left by a run killed mid-write
+                shutil.rmtree(stale, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()  # every process's files are in before it becomes a checkpoint
+        if self.accelerator.is_main_process:
+            _write_synced(partial / "trainer_state.json", json.dumps({"step": step, **state}, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(partial, path)
+            _fsync_dir(self.root)
+            for old in self._complete()[self.keep:]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return path
@@ -257,6 +288,25 @@ def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:
         unwrapped.save_pretrained(path, **({"state_dict": accelerator.get_state_dict(model)} if sharded else {}))
         tokenizer.save_pretrained(path)
     return path
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _num(v: Any) -> Any:

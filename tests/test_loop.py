@@ -112,3 +112,19 @@ def test_max_time_stops_at_a_step_boundary_and_the_final_checkpoint_says_why(tmp
     assert 1 <= final["steps"] < 10_000
     state = json.loads((tmp_path / "checkpoints" / f"step-{final['steps']}" / "trainer_state.json").read_text())
     assert state["stopped_by"] == "max_time" and state["final"] is True
+
+
+def test_a_torn_checkpoint_is_skipped_and_the_one_before_it_resumed(tmp_path, caplog):
+    straight = run(Counter(eval_before=False), cfg(tmp_path / "straight", max_steps=6, keep_checkpoints=3))
+    out = tmp_path / "torn"
+    run(Counter(eval_before=False), cfg(out, max_steps=4, keep_checkpoints=3))
+    (out / "checkpoints" / "step-4" / "trainer_state.json").write_text("")  # a kill mid-write, before atomicity
+    (out / "checkpoints" / ".partial-step-5").mkdir()  # a checkpoint being written when the run died
+    with caplog.at_level("WARNING"):
+        resumed = run(Counter(eval_before=False), cfg(out, max_steps=6, keep_checkpoints=3))
+    assert "step-4 is damaged" in caplog.text
+    assert resumed["first_step"] == 3  # resumed from step-2
+    assert resumed["last"]["weight"] == pytest.approx(straight["last"]["weight"])
+    # the torn step-4 was rewritten whole, the partial one cleared
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert json.loads((out / "checkpoints" / "step-4" / "trainer_state.json").read_text())["step"] == 4
