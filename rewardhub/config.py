@@ -51,7 +51,9 @@ class DataArgs:
 
 @dataclass
 class TrainArgs:
-    out: str = setting("runs/latest", "output directory: metrics.jsonl, checkpoints/, model/")
+    out: str = setting("", "run directory: run.json, metrics.jsonl, checkpoints/, model/; one run each (a rerun "
+                       "resumes it when the config matches)", shown_default="runs/COMMAND: runs/sft, runs/ppo, "
+                       "runs/dpo, ...")
     seed: int = setting(0, "random seed (data order, initialisation, sampling)")
     lr: float = setting(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
@@ -65,12 +67,28 @@ class TrainArgs:
     eval_every: int = setting(200, "evaluate every N steps (0: only at the end)")
     save_every: int = setting(500, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = setting(2, "how many recent checkpoints to keep")
-    resume: bool = setting(True, "resume from the newest checkpoint in --out if there is one")
+    resume: bool = setting(True, "resume the run in --out from its newest checkpoint (only if the run was started "
+                           "with the same settings; --no-resume refuses an --out that holds a run)")
+    overwrite: bool = setting(False, "start over in an --out that holds another run: its run.json, metrics, "
+                              "checkpoints, completions and model are deleted first")
+    force_resume: bool = setting(False, "resume the run in --out although some settings differ from the ones it "
+                                 "was started with (e.g. a longer --max-steps); the new values apply from there")
     report_to: Literal["none", "tensorboard", "wandb"] = setting("none", "experiment tracker (when installed)")
     threads: int = setting(0, "torch CPU threads (0: torch's default)")
     max_time: str | None = setting(None, "training-time budget: seconds or a duration (90, 90s, 10m, 1h30m); the run "
                                    "stops at the first step boundary past it, then checkpoints, evaluates and saves as "
                                    "at --max-steps (none: no limit)")
+    #: what ``runs/COMMAND`` says for this config (``algo`` for RL and DPO)
+    command: typing.ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        if not self.out:  # each command its own default directory, so two commands never share one by accident
+            self.out = f"runs/{self.run_kind}"
+
+    @property
+    def run_kind(self) -> str:
+        """The kind of run (``sft``, ``ppo``, ``dpo``, ``reward-model``, ...): its default directory, its run.json."""
+        return getattr(self, "algo", None) or self.command
 
 
 @dataclass
@@ -87,6 +105,8 @@ class RewardArgs:
 @dataclass
 class SFTConfig(ModelArgs, DataArgs, TrainArgs, RewardArgs):
     """Supervised fine-tuning: next-token loss on the completion only."""
+
+    command: typing.ClassVar[str] = "sft"
 
     batch_size: int = setting(128, "sequences per micro-batch per device")
     max_steps: int = setting(2000, "optimizer steps")
@@ -116,6 +136,10 @@ def validate_train_args(cfg: Any) -> list[str]:
         problems.append(f"lr must be > 0, got {cfg.lr}")
     if not 0 <= getattr(cfg, "warmup_ratio", 0) < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if getattr(cfg, "overwrite", False) and getattr(cfg, "force_resume", False):
+        problems.append("overwrite (start over) and force_resume (continue) contradict each other; pass one")
+    if getattr(cfg, "force_resume", False) and not getattr(cfg, "resume", True):
+        problems.append("force_resume asks to resume, resume=False not to; pass one")
     if getattr(cfg, "max_time", None) is not None:
         try:
             parse_duration(cfg.max_time)
@@ -211,7 +235,7 @@ def _add_field_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annot
     if f.metadata.get("positional"):
         parser.add_argument(f.name, metavar=f.name.upper(), help=f.metadata.get("help", ""))
         return
-    shown = "required" if required else f"default: {_default_of(f)!r}"
+    shown = "required" if required else f"default: {f.metadata.get('shown_default') or repr(_default_of(f))}"
     help_text = f"{f.metadata.get('help', '')} ({shown}){note}"
     names = [*([f.metadata["short"]] if "short" in f.metadata else []), flag_of(f)]
     if annotation is dict:
@@ -492,6 +516,8 @@ def _dpo_problems(cfg: DPOConfig) -> list[str]:
 @dataclass
 class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
     """Bradley-Terry reward model: a one-output sequence classifier trained on prompt/chosen/rejected pairs."""
+
+    command: typing.ClassVar[str] = "reward-model"
 
     data: str = setting("arithmetic-preferences", "pairs with prompt/chosen/rejected columns (optional margin): a "
                         "task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")

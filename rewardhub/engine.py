@@ -230,11 +230,15 @@ class Checkpointer:
             return {"step": 0}
         state = self.load(latest)
         log.info("resumed from %s (step %d)", latest, state["step"])
-        return state
+        return {**state, "path": str(latest)}
 
 
 class MetricsLogger:
-    """Metrics to ``metrics.jsonl`` (one JSON object per line), trackers, and a rich progress bar."""
+    """Metrics to ``metrics.jsonl`` (one JSON object per line), trackers, and a rich progress bar.
+
+    ``metrics.jsonl`` holds one history: rows past ``start_step`` (logged by an attempt that did not reach
+    its next checkpoint) are dropped when a run resumes, so the resumed steps are not listed twice.
+    """
 
     def __init__(self, accelerator, out: str | Path, total_steps: int, run_name: str, config: dict | None = None,
                  start_step: int = 0, description: str = "training"):
@@ -249,6 +253,7 @@ class MetricsLogger:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _keep_rows_up_to(self.path, start_step)
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
             self.task = self.progress.add_task(description, total=total_steps, completed=start_step, info="")
@@ -264,6 +269,11 @@ class MetricsLogger:
             self.progress.console.print(f"[dim]{kind}[/] step {step}: {shown}")
         if self.accelerator.log_with:
             self.accelerator.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
+
+    def note(self, text: str) -> None:
+        """A line for the person watching (main process only), printed above the progress bar."""
+        if self.main:
+            self.progress.console.print(text, soft_wrap=True, highlight=False, markup=False)
 
     def advance(self, step: int, info: str = "") -> None:
         if self.progress is not None:
@@ -288,6 +298,23 @@ def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:
         unwrapped.save_pretrained(path, **({"state_dict": accelerator.get_state_dict(model)} if sharded else {}))
         tokenizer.save_pretrained(path)
     return path
+
+
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step`` (all of them when the run starts at 0)."""
+    if not path.exists():
+        return
+    kept = []
+    if step > 0:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except (ValueError, AttributeError):
+                continue  # a line torn by a kill mid-write
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -36,3 +36,7 @@ class ModelLoadError(RewardhubError):
 
 class RewardProviderError(RewardhubError):
     """A reward provider broke its contract (wrong result count or type) or failed as a whole."""
+
+
+class RunDirectoryError(RewardhubError):
+    """An ``--out`` directory holds another run, or one started with other settings, or is in use or unwritable."""

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from rewardhub.engine import Checkpointer, MetricsLogger, TokenRate, make_accelerator
 from rewardhub.errors import RewardProviderError
+from rewardhub.run_dir import claim
 
 log = logging.getLogger(__name__)
 Callback = Callable[[int, dict[str, float]], None]
@@ -68,7 +69,16 @@ class Recipe(Protocol[State]):
 
 
 def run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train ``recipe`` as ``cfg`` says (``out``, ``max_steps``, ``log_every``, ``eval_every``, ...): final metrics."""
+    """Train ``recipe`` as ``cfg`` says (``out``, ``max_steps``, ``log_every``, ``eval_every``, ...): final metrics.
+
+    The run directory is claimed first (:func:`rewardhub.run_dir.claim`): a rerun that may not continue the
+    run in ``cfg.out`` stops there, before any model loads.
+    """
+    with claim(cfg):
+        return _run(recipe, cfg, callbacks)
+
+
+def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback]) -> dict[str, Any]:
     accelerator = make_accelerator(cfg)
     state = recipe.setup(accelerator)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
@@ -77,6 +87,9 @@ def run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback] = ()) -> di
     outcome = Outcome(start, before=dict(resumed.get("eval_before", {})))
     logger = MetricsLogger(accelerator, cfg.out, cfg.max_steps, f"{recipe.label}__{cfg.seed}__{int(time.time())}",
                            asdict(cfg), start, recipe.label)
+    if start:
+        logger.note(f"resuming from step {start} of {cfg.max_steps} ({resumed['path']})"
+                    + (": nothing left to train; evaluating and saving again" if start >= cfg.max_steps else ""))
     schedule = StepSchedule(cfg, logger, checkpointer, callbacks, lambda: recipe.evaluate(state),
                             state=lambda: {"eval_before": outcome.before} if outcome.before else {})
     window: list[dict[str, float]] = []

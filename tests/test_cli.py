@@ -133,7 +133,7 @@ def test_unknown_reward_fails_before_the_model_is_loaded(capsys):
 
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
-    assert main(["sft", "--model", str(tmp_path / "missing"), "--max-steps", "1"]) == 2
+    assert main(["sft", "--model", str(tmp_path / "missing"), "--max-steps", "1", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [oops\n")

@@ -121,7 +121,7 @@ def test_a_torn_checkpoint_is_skipped_and_the_one_before_it_resumed(tmp_path, ca
     (out / "checkpoints" / "step-4" / "trainer_state.json").write_text("")  # a kill mid-write, before atomicity
     (out / "checkpoints" / ".partial-step-5").mkdir()  # a checkpoint being written when the run died
     with caplog.at_level("WARNING"):
-        resumed = run(Counter(eval_before=False), cfg(out, max_steps=6, keep_checkpoints=3))
+        resumed = run(Counter(eval_before=False), cfg(out, max_steps=6, keep_checkpoints=3, force_resume=True))
     assert "step-4 is damaged" in caplog.text
     assert resumed["first_step"] == 3  # resumed from step-2
     assert resumed["last"]["weight"] == pytest.approx(straight["last"]["weight"])

@@ -60,18 +60,25 @@ def run(args) -> int:
 
 
 def _train_rl_stages(cfg: RLConfig, provider, console) -> dict:
-    """The ReFT shape: an optional SFT warm-up stage, then RL against the provider; a banner per stage."""
+    """The ReFT shape: an optional SFT warm-up stage, then RL against the provider; a banner per stage.
+
+    The run directory is claimed (and its run.json checked) with the settings as given, before the warm-up.
+    """
     from rewardhub.recipes.rl import train_rl
-    from rewardhub.recipes.warmup import sft_warmup
+    from rewardhub.recipes.warmup import check_warmup_data, sft_warmup
+    from rewardhub.run_dir import claim
 
     stages = 2 if cfg.sft_warmup_steps else 1
     if cfg.sft_warmup_steps:
-        console.print(f"[bold]stage 1/2: SFT warm-up, {cfg.sft_warmup_steps} steps on {cfg.data} -> "
-                      f"{Path(cfg.out) / 'sft-warmup'}[/]", soft_wrap=True)
-        cfg.model = sft_warmup(cfg, provider)
-    console.print(f"[bold]stage {stages}/{stages}: {cfg.algo.upper()} against {cfg.reward}, {cfg.max_steps} steps "
-                  f"from {cfg.model} -> {cfg.out}[/]", soft_wrap=True)
-    return train_rl(cfg, provider=provider)
+        check_warmup_data(cfg)  # before the run directory is touched
+    with claim(cfg):
+        if cfg.sft_warmup_steps:
+            console.print(f"[bold]stage 1/2: SFT warm-up, {cfg.sft_warmup_steps} steps on {cfg.data} -> "
+                          f"{Path(cfg.out) / 'sft-warmup'}[/]", soft_wrap=True)
+            cfg.model = sft_warmup(cfg, provider)
+        console.print(f"[bold]stage {stages}/{stages}: {cfg.algo.upper()} against {cfg.reward}, {cfg.max_steps} "
+                      f"steps from {cfg.model} -> {cfg.out}[/]", soft_wrap=True)
+        return train_rl(cfg, provider=provider)
 
 
 def _print_outcome(cfg: RLConfig, final: dict, console) -> None:
