@@ -75,7 +75,7 @@ def test_a_changed_setting_is_refused_with_the_field_and_the_ways_out(tmp_path):
 def test_another_kind_of_run_is_refused_even_with_force_resume(tmp_path):
     make_run(tmp_path)
     for force in (False, True):
-        with pytest.raises(RunDirectoryError, match="holds a sft run .* this is a dpo run"):
+        with pytest.raises(RunDirectoryError, match=r"holds a sft run .* this is a dpo run"):
             settle(tmp_path, DPOConfig(out=str(tmp_path), force_resume=force))
 
 
@@ -85,10 +85,10 @@ def test_no_resume_and_unrecorded_runs_are_refused_and_overwrite_starts_over(tmp
     with pytest.raises(RunDirectoryError, match="--no-resume would overwrite it"):
         settle(tmp_path, sft(tmp_path, resume=False))
     (tmp_path / "run.json").unlink()
-    with pytest.raises(RunDirectoryError, match="no run.json records its settings"):
+    with pytest.raises(RunDirectoryError, match=r"no run\.json records its settings"):
         settle(tmp_path, sft(tmp_path))
     (tmp_path / "run.json").write_text("")  # torn
-    with pytest.raises(RunDirectoryError, match="run.json cannot be read"):
+    with pytest.raises(RunDirectoryError, match=r"run\.json cannot be read"):
         settle(tmp_path, sft(tmp_path))
     settle(tmp_path, DPOConfig(out=str(tmp_path), overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run.json"]  # only the run's files went
@@ -138,15 +138,14 @@ def test_a_second_process_cannot_use_a_directory_in_use_and_a_killed_holder_free
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "claimed"
-        with pytest.raises(RunDirectoryError, match=rf"in use by another rewardhub process \(pid {holder.pid}"):
-            with claim(sft(tmp_path)):
-                pass
+        with pytest.raises(RunDirectoryError, match=rf"in use by another rewardhub process \(pid {holder.pid}"), \
+                claim(sft(tmp_path)):
+            pass
     finally:
         holder.send_signal(signal.SIGKILL)  # dies without cleaning up: the OS drops its lock
         holder.wait(timeout=30)
-    with claim(sft(tmp_path)):
-        with claim(sft(tmp_path, lr=5.0)):  # a nested claim of one run (a command's stages) is not re-checked
-            pass
+    with claim(sft(tmp_path)), claim(sft(tmp_path, lr=5.0)):  # a nested claim (a command's stages): not re-checked
+        pass
 
 
 # ---- end to end through the CLI ---------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def sft_warmup(cfg: RLConfig, provider: RewardProvider | None = None) -> str:
     carried = {f.name for group in (ModelArgs, DataArgs, RewardArgs) for f in fields(group)} - LORA_FIELDS
     sft_cfg = SFTConfig(
         **{name: copy.deepcopy(getattr(cfg, name)) for name in sorted(carried)},
-        out=str(out), seed=cfg.seed, resume=cfg.resume, force_resume=cfg.force_resume, report_to=cfg.report_to, threads=cfg.threads,
+        out=str(out), seed=cfg.seed, resume=cfg.resume, force_resume=cfg.force_resume, report_to=cfg.report_to,
+        threads=cfg.threads,
         max_steps=cfg.sft_warmup_steps, eval_every=0, save_every=max(cfg.sft_warmup_steps // 4, 1),
         log_every=max(cfg.sft_warmup_steps // 10, 1), eval_max_new_tokens=cfg.max_new_tokens,
     )
