@@ -36,3 +36,7 @@ class ModelLoadError(RewardhubError):
 
 class RewardProviderError(RewardhubError):
     """A reward provider broke its contract (wrong result count or type) or failed as a whole."""
+
+
+class TrainingError(RewardhubError):
+    """A run cannot learn anything as configured, e.g. online DPO formed no preference pair (every sample tied)."""
