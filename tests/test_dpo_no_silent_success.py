@@ -262,3 +262,27 @@ def test_empty_data_and_a_bad_rate_are_refused(tmp_path):
         resolve_pair_source(cfg("/nonexistent/model", tmp_path, str(empty), pairs="auto"), None)
     with pytest.raises(ConfigError, match=r"max_failure_rate must be in \[0, 1\]"):
         DPOConfig(max_failure_rate=1.5).validate()
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_with_the_same_reason(tiny_model_path, tmp_path, prompts):
+    """The counts are summed over processes: both stop (no hang in a collective), exit 2, and say why."""
+    import os
+    import subprocess
+    import sys
+
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text("from rewardhub import Reward\n\n"
+                       "def constant(completion, row):\n    return 1.0\n\n"
+                       "def broken(completion, row):\n    return Reward.failed('error', 'server down')\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    for name, needle in (("constant", "formed no preference pair in steps 1-2: of 8 prompts"),
+                         ("broken", "failed on 8 of 8 samples at step 1")):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+             str(29500 + os.getpid() % 1000), "-m", "rewardhub.cli.main", "train", "--algo", "dpo", "--model",
+             str(tiny_model_path), "--data", prompts, "--reward", f"{rewards}:{name}", "--max-steps", "2",
+             "--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "4", "--out", str(tmp_path / name)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0
+        assert result.stderr.count(needle) == 2, result.stderr[-3000:]  # both processes, the same reason
