@@ -286,3 +286,10 @@ def test_two_processes_stop_at_the_same_step_with_the_same_reason(tiny_model_pat
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode != 0
         assert result.stderr.count(needle) == 2, result.stderr[-3000:]  # both processes, the same reason
+
+
+def test_an_empty_prompt_is_named_before_the_model_loads(tmp_path):
+    holes = write_jsonl(tmp_path / "holes.jsonl", [{"prompt": "1+1="}, {"prompt": ""}])
+    for pairs in ("auto", "online"):
+        with pytest.raises(DataError, match="row 1 lacks"):
+            resolve_pair_source(cfg("/nonexistent/model", tmp_path, holes, pairs=pairs), None)

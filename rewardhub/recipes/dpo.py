@@ -419,6 +419,7 @@ def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None) -> Pair
     if "prompt" not in rows.column_names:
         raise DataError(f"DPO data {cfg.data!r} has neither chosen/rejected columns (offline pairs) nor a prompt "
                         f"column (online pairs); it has {rows.column_names}")
+    require_columns(rows, ["prompt"], "online DPO", non_empty=True)
     what = "prompt/completion (SFT) columns" if fmt == "prompt_completion" else "prompts"
     ignored = _ignored(fmt)
     return PairSource("online", rows, f"pairs: {ranked} (--data has {what} but no chosen/rejected"
