@@ -140,6 +140,8 @@ def validate_train_args(cfg: Any) -> list[str]:
         problems.append("overwrite (start over) and force_resume (continue) contradict each other; pass one")
     if getattr(cfg, "force_resume", False) and not getattr(cfg, "resume", True):
         problems.append("force_resume asks to resume, resume=False not to; pass one")
+    if not 0 <= getattr(cfg, "max_failure_rate", 0) <= 1:  # RL and DPO
+        problems.append(f"max_failure_rate must be in [0, 1], got {cfg.max_failure_rate}")
     if getattr(cfg, "max_time", None) is not None:
         try:
             parse_duration(cfg.max_time)
@@ -443,8 +445,6 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"gamma and lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
     if cfg.adaptive_kl and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
-    if not 0 <= cfg.max_failure_rate <= 1:
-        p.append(f"max_failure_rate must be in [0, 1], got {cfg.max_failure_rate}")
     if cfg.minibatch_size and cfg.minibatch_size < cfg.grad_accum:
         p.append(f"minibatch_size ({cfg.minibatch_size}) must be >= grad_accum ({cfg.grad_accum})")
     return p
@@ -479,6 +479,8 @@ class DPOConfig(TrainConfig):
     top_p: float = setting(1.0, "online: nucleus sampling mass in (0, 1]")
     top_k: int = setting(0, "online: sample among the k most likely tokens (0 disables it)")
     eval_max_new_tokens: int = setting(16, "online: tokens generated per held-out prompt when scoring the policy")
+    max_failure_rate: float = setting(0.5, "stop the run when the share of samples whose reward failed "
+                                      "(timeout/error/pending) in one step exceeds this")
 
     def validate(self) -> None:
         problems = validate_train_args(self)

@@ -3,7 +3,9 @@
 Formats (columns):
 
 - ``prompt``: prompt-only (RL); ``prompt`` + ``completion``: SFT; ``prompt`` + ``chosen`` + ``rejected``:
-  preferences; ``messages``: conversational, rendered with the tokenizer's chat template; ``text``: plain LM.
+  preferences; ``messages``: conversational, rendered with the tokenizer's chat template; ``text``: plain LM;
+  ``prompt`` + ``completion`` + a boolean ``label``: unpaired preferences (KTO), recognised so that DPO can
+  refuse it by name (no recipe trains on it).
 - A prompt or completion may be a string (standard) or a list of ``{"role", "content"}`` messages
   (conversational).
 
@@ -22,10 +24,20 @@ from rewardhub.errors import DataError
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 FORMATS = {
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
     "prompt": ("prompt",),
     "text": ("text",),
+}
+#: what each format is called in messages
+FORMAT_NAMES = {
+    "preference": "the preference format",
+    "unpaired_preference": "the unpaired (KTO) format",
+    "prompt_completion": "the prompt-completion (SFT) format",
+    "messages": "the conversational (messages) format",
+    "prompt": "the prompt-only format",
+    "text": "the plain-text (language modelling) format",
 }
 
 
@@ -113,16 +125,47 @@ def rename_columns(ds, column_map: Mapping[str, str]):
     return ds.rename_columns(dict(column_map)) if column_map else ds
 
 
-def detect_format(columns: Sequence[str]) -> str:
-    """The TRL format named by a dataset's columns (first match in :data:`FORMATS` order)."""
-    for fmt, needed in FORMATS.items():
-        if all(c in columns for c in needed):
-            return fmt
+def detect_format(columns: Sequence[str], rows=None) -> str:
+    """The TRL format named by a dataset's columns (first match in :data:`FORMATS` order).
+
+    With ``rows`` (the dataset), ``prompt`` + ``completion`` + ``label`` is the unpaired (KTO) format only when
+    the labels are boolean-ish (True/False, 1/0, "true"/"false"); another ``label`` is just an extra column.
+    """
+    fmt = find_format(columns, rows)
+    if fmt is not None:
+        return fmt
     raise DataError(
         f"cannot tell the data format from columns {list(columns)}; expected one of: "
         + "; ".join(f"{fmt} ({' + '.join(cols)})" for fmt, cols in FORMATS.items())
         + ". Rename columns with --column-map src=dst."
     )
+
+
+def find_format(columns: Sequence[str], rows=None) -> str | None:
+    """:func:`detect_format`, or None when no format matches."""
+    for fmt, needed in FORMATS.items():
+        if all(c in columns for c in needed):
+            if fmt == "unpaired_preference" and rows is not None and not _boolean_labels(rows):
+                continue
+            return fmt
+    return None
+
+
+def describe_format(fmt: str) -> str:
+    """``the unpaired (KTO) format (prompt, completion, label)``: a format's name and its columns."""
+    return f"{FORMAT_NAMES[fmt]} ({', '.join(FORMATS[fmt])})"
+
+
+def _boolean_labels(rows, sample: int = 100) -> bool:
+    """Whether the first ``sample`` labels are all boolean-ish: True/False, 1/0, "true"/"false"."""
+    def boolean(v: Any) -> bool:
+        if isinstance(v, bool):
+            return True
+        if isinstance(v, (int, float)):
+            return v in (0, 1)
+        return isinstance(v, str) and v.strip().lower() in ("true", "false", "0", "1")
+
+    return all(boolean(v) for v in rows.select_columns(["label"])[:sample]["label"])
 
 
 def require_columns(ds, needed: Sequence[str], purpose: str, non_empty: bool = False) -> None:

@@ -40,3 +40,7 @@ class RewardProviderError(RewardhubError):
 
 class RunDirectoryError(RewardhubError):
     """An ``--out`` directory holds another run, or one started with other settings, or is in use or unwritable."""
+
+
+class TrainingError(RewardhubError):
+    """A run cannot learn anything as configured, e.g. online DPO formed no preference pair (every sample tied)."""

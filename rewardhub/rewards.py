@@ -215,3 +215,31 @@ def as_reward(value: Any, source: str) -> Reward:
     return Reward.failed(
         Status.ERROR, f"{source} returned {type(value).__name__}; expected float, bool, None or Reward"
     )
+
+
+def first_failure(rewards: Iterable[Reward]) -> str | None:
+    """``"timeout: after 5s"`` for the first failed reward, None when every reward is usable."""
+    first = next((r for r in rewards if not r.usable), None)
+    return f"{first.status.value}: {first.detail}" if first else None
+
+
+def too_many_failures(failed: int, total: int, max_rate: float) -> bool:
+    """Whether ``failed`` of ``total`` is past ``max_rate`` (strictly: 2 of 8 at 0.25 is not, 3 of 8 is)."""
+    return failed > 0 and failed / max(total, 1) > max_rate
+
+
+def check_failure_rate(provider: RewardProvider, failed: int, total: int, max_rate: float, step: int,
+                       first: str | None = None, unit: str = "samples") -> None:
+    """Stop the run (``RewardProviderError``) when ``failed`` of ``total`` rewards of one step is past ``max_rate``.
+
+    Recipes call it with counts summed over every process, so every process decides the same. ``first`` is
+    the first failure's text (:func:`first_failure`); ``unit`` names what was judged (``samples``, or
+    ``comparisons`` for pairwise ranking).
+    """
+    if not too_many_failures(failed, total, max_rate):
+        return
+    why = f"; first failure: {first}" if first else ""
+    raise RewardProviderError(
+        f"reward provider {provider.display_name} failed on {int(failed)} of {int(total)} {unit} at step "
+        f"{step} ({failed / total:.0%} > max_failure_rate {max_rate:g}){why}. Fix the reward "
+        "source (timeouts, server, sandbox) or raise --max-failure-rate; finished steps are checkpointed.")

@@ -164,10 +164,11 @@ def test_online_pairs_by_compare_skip_ties():
 
     prompts, rows = ["a", "b"], [{}, {}]
     completions = ["1", "22", "x", "333", "y", "z", "w", "v"]  # prompt b: no digits anywhere -> a tie
-    pairs, stats = rank_and_pair(DigitCount(), prompts, rows, completions, 4, "score")
-    assert pairs == [("a", "333", "x")] and stats["online/skipped"] == 1
-    pairs, _ = rank_and_pair(DigitCount(), prompts, rows, completions, 4, "compare")
-    assert pairs == [("a", "333", "x")]
+    ranked = rank_and_pair(DigitCount(), prompts, rows, completions, 4, "score")
+    assert ranked.pairs == [("a", "333", "x")] and ranked.stats["online/skipped"] == 1
+    assert ranked.counts.tied == 1 and ranked.counts.judged == 8 and ranked.counts.failed == 0
+    ranked = rank_and_pair(DigitCount(), prompts, rows, completions, 4, "compare")
+    assert ranked.pairs == [("a", "333", "x")] and ranked.counts.judged == 12  # 2 prompts x 6 comparisons
 
 
 class StoredPreferences(DigitCount):

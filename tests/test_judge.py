@@ -303,7 +303,8 @@ def test_online_dpo_ranks_pairs_with_compare(judge):
     from rewardhub.recipes.dpo import rank_and_pair
 
     completions = ["7", "77", "x", "777", "a", "b", "c", "d"]  # prompt "q2": no 7s anywhere, every pair a tie
-    pairs, stats = rank_and_pair(judge(), ["q1", "q2"], [{}, {}], completions, 4, rank_with="compare")
+    ranked = rank_and_pair(judge(), ["q1", "q2"], [{}, {}], completions, 4, rank_with="compare")
+    pairs, stats = ranked.pairs, ranked.stats
     assert pairs == [("q1", "777", "x")] and stats["online/skipped"] == 1
     assert stats["reward/judge/requests"] == 2 * 6 * 2  # 6 pairs per prompt, both orders
 

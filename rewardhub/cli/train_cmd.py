@@ -48,7 +48,8 @@ def run(args) -> int:
         if dpo:
             from rewardhub.recipes.dpo import train_dpo
 
-            final = train_dpo(cfg, provider=provider)
+            final = train_dpo(cfg, provider=provider,
+                              announce=lambda line: console.print(line, markup=False, soft_wrap=True))
         else:
             final = _train_rl_stages(cfg, provider, console)
         print_summary(f"{cfg.algo} finished: {cfg.out}", final)

@@ -7,7 +7,13 @@ Where the pairs come from is the reward source's business (``cfg.pairs``):
 - ``provider``: the reward provider's stored preferences, ``provider.preference_pairs()`` (e.g. ``human``);
 - ``online``: each step samples ``num_generations`` completions per prompt from the current policy, ranks
   them with the provider (``score`` or pairwise ``compare``), and pairs the best with the worst (ties are
-  skipped), then updates on those pairs: one round per step.
+  skipped), then updates on those pairs: one round per step. Like RL, a step whose share of failed rewards
+  passes ``max_failure_rate`` stops the run (``RewardProviderError``, finished steps checkpointed); a run
+  whose first :data:`PAIRLESS_STEPS` steps formed no pair at all stops too, saying why (ties or failures).
+
+``auto`` picks one of the three and says which and why (:func:`resolve_pair_source`); data in a format DPO
+cannot use as pairs, such as unpaired (KTO) prompt/completion/label rows, is refused by name before any model
+loads.
 
 Read top to bottom: pairs -> token ids (prompt, chosen + EOS, rejected + EOS) -> reference log-probs (once up
 front for fixed pairs; on the fly when ``precompute_ref`` is off and online) -> for each step, accumulate
@@ -27,25 +33,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rewardhub.config import DPOConfig
-from rewardhub.data import _split_chat, is_conversational, load_rows, render_prompt, require_columns
+from rewardhub.data import (
+    FORMATS,
+    _split_chat,
+    describe_format,
+    find_format,
+    is_conversational,
+    load_rows,
+    render_prompt,
+    require_columns,
+)
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
-from rewardhub.errors import ConfigError, DataError, RewardProviderError
+from rewardhub.errors import ConfigError, DataError, RewardProviderError, TrainingError
 from rewardhub.evaluation import load_eval_rows
 from rewardhub.logprobs import accepts_logits_to_keep
 from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.preference import dpo_loss, sequence_logps
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
-from rewardhub.rewards import RewardProvider, Sample
+from rewardhub.rewards import RewardProvider, Sample, check_failure_rate, first_failure
 
 log = logging.getLogger(__name__)
 
 #: --reward when neither the flag nor the task names one
 DPO_FALLBACK_REWARD = "exact-match"
+#: online DPO stops when its first this many steps (all of them, in a shorter run) formed no pair at all
+PAIRLESS_STEPS = 10
 #: per-pair statistics summed over a step (then divided by the number of pairs)
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
              "logps/chosen", "logps/rejected", "logps/accuracy")
@@ -206,17 +223,21 @@ def precompute_reference(reference: Reference, examples: list[dict], batch_size:
 # the recipe
 # ------------------------------------------------------------------------------------------------------------
 
-def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None,
-              callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None, callbacks: Sequence[Callback] = (),
+              announce: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Run DPO as configured; returns the final metrics (held-out ones when there is held-out data).
 
     Args:
         cfg: the validated configuration (``cfg.pairs`` picks the pair source).
         provider: the reward provider for ``pairs=provider|online`` (built from ``cfg.reward`` when None).
         callbacks: called as ``cb(step, metrics)`` after every optimizer step.
+        announce: called with the line that says where the pairs come from and why (``pairs: dataset (...)``),
+            before any model loads; default: logged at INFO. The CLI prints it.
     """
     cfg.validate()
-    source, train_rows = resolve_pair_source(cfg, provider)
+    chosen = resolve_pair_source(cfg, provider)
+    (announce or log.info)(chosen.line)
+    source, train_rows = chosen.source, chosen.rows
     own_provider = source in ("provider", "online") and provider is None
     if own_provider:
         from rewardhub.reward_resolution import build_reward, reward_spec_of
@@ -249,6 +270,7 @@ class DPOState:
     eval_rows: Any = None
     eval_examples: list[dict] | None = None
     order: DataOrder | None = None
+    tally: OnlineTally | None = None  # online: pairs formed since step 1 (checkpointed)
 
     @property
     def pad_id(self) -> int:
@@ -275,10 +297,11 @@ class DPO:
                          train_rows=self.train_rows)
         if source != "provider" or cfg.eval_data:
             state.eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
-        if source == "online":
-            require_columns(state.train_rows, ["prompt"], "online DPO", non_empty=True)
+        if source == "online":  # the training prompts were checked by resolve_pair_source
             if state.eval_rows is not None:
                 require_columns(state.eval_rows, ["prompt"], "online DPO evaluation", non_empty=True)
+            state.tally = OnlineTally()
+            accelerator.register_for_checkpointing(state.tally)  # restored with the checkpoint, before step 1
         else:
             state.examples = tokenize_pairs(state.train_rows, tokenizer, cfg.max_length)
             if state.eval_rows is not None:
@@ -296,10 +319,13 @@ class DPO:
     def step(self, state: DPOState, step: int) -> dict[str, float]:
         cfg, world, micro = self.cfg, state.accelerator.num_processes, self.cfg.batch_size
         if self.source == "online":
-            batches, extra = online_round(state, state.train_rows, state.order, step, world, micro)
+            batches, extra, counts = online_round(state, state.train_rows, state.order, step, world, micro)
         else:
             batches, extra = offline_batches(state, state.examples, state.order, step, world, micro), {}
         metrics = _optimizer_step(state, batches, state.optimizer, state.scheduler)
+        if self.source == "online":
+            state.tally.add(counts)
+            check_pairs_formed(state, step)
         metrics.update(extra)
         metrics["lr"] = state.scheduler.get_last_lr()[0]
         metrics["epoch"] = state.order.epoch_of(step * cfg.grad_accum, micro * world)
@@ -345,28 +371,92 @@ def make_reference(state: DPOState, precompute: bool) -> Reference | None:
     return Reference(frozen, False, state.average)
 
 
-def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None):
-    """(source, training rows or None): ``cfg.pairs`` with ``auto`` resolved from the provider and the data.
+class PairSource(NamedTuple):
+    """Where DPO's pairs come from (``dataset``, ``provider`` or ``online``), the training rows (None for the
+    provider's pairs), and the line that tells the user which and why."""
+
+    source: str
+    rows: Any
+    line: str
+
+
+def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None) -> PairSource:
+    """``cfg.pairs`` with ``auto`` resolved from the provider and the data, and the reason, for the user.
 
     ``auto`` takes a provider that stores preferences (``--reward=human``) first: naming it is the user's
-    choice of pairs, while ``--data`` may just be the default task.
+    choice of pairs, while ``--data`` may just be the default task. Then the data's format
+    (:func:`rewardhub.data.find_format`): preference rows are the pairs; prompts (with or without SFT
+    completions) are sampled and ranked online. Data that is neither, such as unpaired (KTO)
+    prompt/completion/label rows, is refused by name, before any model loads.
+
+    Raises:
+        DataError: the data is empty, or in a format DPO cannot use the way ``cfg.pairs`` asks.
     """
-    if cfg.pairs == "provider" or (cfg.pairs == "auto" and provider is not None and stores_pairs(provider)):
-        return "provider", None
+    ranker = _ranker_name(cfg, provider)
+    if cfg.pairs == "provider":
+        return PairSource("provider", None, f"pairs: provider, the preferences {ranker} stores (--pairs provider)")
+    if cfg.pairs == "auto" and provider is not None and stores_pairs(provider):
+        return PairSource("provider", None, f"pairs: provider (--reward={ranker} stores preferences)")
     rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
-    has_pairs = all(c in rows.column_names for c in ("chosen", "rejected"))
-    if cfg.pairs == "dataset":
-        require_columns(rows, ["prompt", "chosen", "rejected"], "DPO with --pairs dataset")
-        return "dataset", rows
+    if len(rows) == 0:
+        raise DataError(f"--data {cfg.data} has no rows; DPO needs pairs (prompt, chosen, rejected), or prompts "
+                        "to sample and rank (--pairs online)")
+    fmt = find_format(rows.column_names, rows)
+    ranked = f"online, ranked by {'pairwise compare() of ' if cfg.rank_with == 'compare' else ''}{ranker}"
     if cfg.pairs == "online":
-        return "online", rows
-    if has_pairs:
-        require_columns(rows, ["prompt", "chosen", "rejected"], "DPO on preference data")
-        return "dataset", rows
+        require_columns(rows, ["prompt"], "online DPO", non_empty=True)
+        ignored = _ignored(fmt)
+        return PairSource("online", rows, f"pairs: {ranked} (--pairs online{'; ' + ignored if ignored else ''})")
+    has_pairs = all(c in rows.column_names for c in ("chosen", "rejected"))
+    if not has_pairs and fmt not in (None, "preference") and (
+            cfg.pairs == "dataset" or fmt == "unpaired_preference" or "prompt" not in rows.column_names):
+        raise DataError(_not_pairs(cfg.data, fmt))
+    if cfg.pairs == "dataset" or has_pairs:
+        require_columns(rows, ["prompt", "chosen", "rejected"],
+                        "DPO with --pairs dataset" if cfg.pairs == "dataset" else "DPO on preference data")
+        why = "--pairs dataset" if cfg.pairs == "dataset" else "--data has prompt/chosen/rejected columns"
+        return PairSource("dataset", rows, f"pairs: dataset ({why})")
     if "prompt" not in rows.column_names:
         raise DataError(f"DPO data {cfg.data!r} has neither chosen/rejected columns (offline pairs) nor a prompt "
                         f"column (online pairs); it has {rows.column_names}")
-    return "online", rows
+    require_columns(rows, ["prompt"], "online DPO", non_empty=True)
+    what = "prompt/completion (SFT) columns" if fmt == "prompt_completion" else "prompts"
+    ignored = _ignored(fmt)
+    return PairSource("online", rows, f"pairs: {ranked} (--data has {what} but no chosen/rejected"
+                                      f"{'; ' + ignored if ignored else ''})")
+
+
+def _ranker_name(cfg: DPOConfig, provider: RewardProvider | None) -> str:
+    """The reward that ranks online samples (or stores pairs), as the user would name it."""
+    if cfg.reward:
+        return cfg.reward
+    if provider is not None:
+        return provider.name or type(provider).__name__
+    from rewardhub.reward_resolution import reward_spec_of
+
+    return reward_spec_of(cfg, DPO_FALLBACK_REWARD)
+
+
+def _ignored(fmt: str | None, when: str = "") -> str:
+    """``the completion/label columns are ignored``: the columns of ``fmt`` besides the prompt ("" if none)."""
+    extra = [c for c in FORMATS.get(fmt or "", ()) if c != "prompt"]
+    if not extra:
+        return ""
+    return f"the {'/'.join(extra)} column{'s are' if len(extra) > 1 else ' is'} {when}ignored"
+
+
+def _not_pairs(data: str, fmt: str) -> str:
+    """Why data in format ``fmt`` gives DPO no pairs, and the ways out."""
+    message = f"--data {data} is in {describe_format(fmt)}: DPO needs pairs (prompt, chosen, rejected). "
+    if "prompt" in FORMATS[fmt]:
+        ignored = _ignored(fmt, "then ")
+        message += ("Convert to pairs, or use --pairs online to sample and rank completions for these prompts"
+                    + (f" ({ignored})" if ignored else ""))
+    else:
+        message += "Convert to pairs, or give prompts (a prompt column) to sample and rank with --pairs online"
+    if fmt in ("prompt_completion", "messages", "text"):
+        message += "; `rewardhub sft` trains on it as it is"
+    return message
 
 
 def stores_pairs(provider: RewardProvider) -> bool:
@@ -396,9 +486,14 @@ def offline_batches(ctx: DPOState, examples, order: DataOrder, step: int, world:
 
 
 def online_round(ctx: DPOState, rows, order: DataOrder, step: int, world: int, micro: int):
-    """Sample ``num_generations`` completions per prompt, rank them, pair best vs worst; returns micro-batches.
+    """Sample ``num_generations`` completions per prompt, rank them, pair best vs worst.
 
-    Sampling is seeded by (seed, step, process), so a resumed run draws the same completions.
+    Returns (micro-batches, metrics, this step's :class:`RoundCounts` summed over every process). Sampling is
+    seeded by (seed, step, process), so a resumed run draws the same completions.
+
+    Raises:
+        RewardProviderError: more than ``max_failure_rate`` of the step's rewards failed (all processes
+            counted, so every process stops at the same step).
     """
     import torch
 
@@ -416,60 +511,155 @@ def online_round(ctx: DPOState, rows, order: DataOrder, step: int, world: int, m
     policy = accelerator.unwrap_model(ctx.model)
     completions = generate_text(policy, ctx.tokenizer, [p for p in prompts for _ in range(g)], params,
                                 batch_size=max(len(prompts) * g, 1), generator=generator)
-    pairs, stats = rank_and_pair(ctx.provider, prompts, prompt_rows, completions, g, cfg.rank_with)
+    ranking = rank_and_pair(ctx.provider, prompts, prompt_rows, completions, g, cfg.rank_with)
+    counts = ranking.counts
+    if world > 1:
+        counts = RoundCounts(*(int(c) for c in accelerator.reduce(
+            torch.tensor(list(counts), device=accelerator.device), "sum").tolist()))
+    check_failure_rate(ctx.provider, counts.failed, counts.judged, cfg.max_failure_rate, step,
+                       ranking.first_failure, _judgements(cfg))
+    ctx.tally.first_failure = ctx.tally.first_failure or ranking.first_failure
     examples = []
-    for prompt, chosen, rejected in pairs:
+    for prompt, chosen, rejected in ranking.pairs:
         p_ids = ctx.tokenizer(prompt, add_special_tokens=False).input_ids
         c_ids = encode_completion(ctx.tokenizer, chosen)
         r_ids = encode_completion(ctx.tokenizer, rejected)
         examples.append({"prompt": p_ids, "chosen": c_ids, "rejected": r_ids})
     per = max(1, -(-len(examples) // cfg.grad_accum))
     batches = [examples[i:i + per] for i in range(0, len(examples), per)]
-    return batches, stats
+    return batches, ranking.stats, counts
+
+
+def _judgements(cfg: DPOConfig) -> str:
+    return "samples" if cfg.rank_with == "score" else "comparisons"
+
+
+class RoundCounts(NamedTuple):
+    """What one online round formed and judged (one process's, or summed over all of them)."""
+
+    pairs: int = 0  #: prompts that gave a pair
+    prompts: int = 0
+    tied: int = 0  #: prompts whose best and worst sample scored the same (or were the same text)
+    starved: int = 0  #: prompts with fewer than two usable rewards
+    failed: int = 0  #: failed judgements: samples (``score``) or comparisons (``compare``)
+    judged: int = 0  #: judgements asked for
+
+
+@dataclass
+class Ranking:
+    """The outcome of :func:`rank_and_pair`: the pairs, metrics, counts and the first failure's text."""
+
+    pairs: list[tuple[str, str, str]]
+    stats: dict[str, float]
+    counts: RoundCounts
+    first_failure: str | None = None
+
+
+class OnlineTally:
+    """Online DPO's totals since step 1: registered with ``accelerator.register_for_checkpointing``, so a
+    resumed run still knows whether any pair was ever formed (and a converged policy whose samples all tie
+    late in a run is not mistaken for one that never learned anything)."""
+
+    def __init__(self) -> None:
+        self.steps, self.counts, self.first_failure = 0, RoundCounts(), None
+
+    def add(self, counts: RoundCounts) -> None:
+        self.steps += 1
+        self.counts = RoundCounts(*(a + b for a, b in zip(self.counts, counts)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "counts": list(self.counts), "first_failure": self.first_failure}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.counts = int(state["steps"]), RoundCounts(*state["counts"])
+        self.first_failure = state.get("first_failure")
+
+
+def check_pairs_formed(ctx: DPOState, step: int) -> None:
+    """Stop a run whose first :data:`PAIRLESS_STEPS` steps (all of them, when the run is shorter) formed no pair.
+
+    Such a run would save the initial model and exit 0 having learned nothing. One empty step is fine (a
+    batch where every prompt tied); pairs formed early and ties later (a converged policy) are fine too. The
+    totals are summed over every process, so every process decides the same.
+
+    Raises:
+        RewardProviderError: the rewards failed (each prompt had fewer than two usable ones).
+        TrainingError: the samples tied (with the ways out: more or more varied samples, a finer reward).
+    """
+    tally, cfg = ctx.tally, ctx.cfg
+    if tally.counts.pairs or tally.steps < min(PAIRLESS_STEPS, cfg.max_steps):
+        return
+    c = tally.counts
+    reasons = []
+    if c.tied:
+        reasons.append(f"{c.tied} tied (their best and worst completions scored the same under "
+                       f"{ctx.provider.display_name})")
+    if c.starved:
+        first = f"; first failure: {tally.first_failure}" if tally.first_failure else ""
+        reasons.append(f"{c.starved} had fewer than two usable rewards (the provider failed on {c.failed} of "
+                       f"{c.judged} {_judgements(cfg)}{first})")
+    message = (f"online DPO formed no preference pair in steps 1-{step}: of {c.prompts} prompts "
+               f"({cfg.num_generations} completions each), {' and '.join(reasons)}; there is nothing to train on")
+    if not c.tied:
+        raise RewardProviderError(f"{message}. Fix the reward source (timeouts, server, sandbox), or lower "
+                                  "--max-failure-rate to stop at the first step with this many failures")
+    raise TrainingError(
+        f"{message}. Sample more, and more varied, completions (raise --num-generations, now "
+        f"{cfg.num_generations}, or --temperature, now {cfg.temperature:g}), or rank with a reward that tells "
+        "them apart (a graded score rather than pass/fail)")
 
 
 def rank_and_pair(provider: RewardProvider, prompts: list[str], rows: list, completions: list[str], g: int,
-                  rank_with: str = "score") -> tuple[list[tuple[str, str, str]], dict[str, float]]:
+                  rank_with: str = "score") -> Ranking:
     """Best-vs-worst pairs from ``g`` consecutive completions per prompt.
 
     ``rank_with="score"`` ranks by ``provider(samples)`` values (failed samples are left out);
-    ``"compare"`` ranks by the sum of ``provider.compare(prompt, a, b)`` over a round robin. A prompt whose
-    best and worst are tied (or identical text), or with fewer than two usable samples, gives no pair.
+    ``"compare"`` ranks by the sum of ``provider.compare(prompt, a, b)`` over a round robin (a failed
+    comparison counts for neither). A prompt whose best and worst are tied (or identical text), or with fewer
+    than two usable samples, gives no pair.
     """
-    pairs, scores, failed = [], [], 0
+    pairs, scores, failed, judged, starved, first = [], [], 0, 0, 0, None
     if rank_with == "score":
         samples = [Sample(prompts[i // g], completions[i], dict(rows[i // g])) for i in range(len(completions))]
         rewards = provider(samples)
+        judged, first = len(rewards), first_failure(rewards)
         for j, prompt in enumerate(prompts):
             group = [(rewards[j * g + t].value, completions[j * g + t]) for t in range(g)
                      if rewards[j * g + t].usable]
             failed += g - len(group)
+            starved += len(group) < 2
             scores += [v for v, _ in group]
             _pair_group(prompt, group, pairs)
     else:
         for j, prompt in enumerate(prompts):
             texts = completions[j * g:(j + 1) * g]
             wins = [0.0] * g
-            broken = False
+            broken = 0
             for a in range(g):
                 for b in range(a + 1, g):
                     try:
                         p = float(provider.compare(prompt, texts[a], texts[b], dict(rows[j])))
-                    except RewardProviderError:
-                        broken = True
+                    except RewardProviderError as exc:
+                        broken += 1
+                        first = first or str(exc)
                         continue
                     wins[a] += p
                     wins[b] += 1.0 - p
-            failed += int(broken)
+            rounds = g * (g - 1) // 2
+            judged, failed = judged + rounds, failed + broken
+            if broken == rounds:  # nothing was judged: no ranking at all, not a tie
+                starved += 1
+                continue
             scores += wins
             _pair_group(prompt, list(zip(wins, texts)), pairs)
-    ties = len(prompts) - len(pairs)
-    stats = {"online/pairs": float(len(pairs)), "online/skipped": float(ties), "online/failed": float(failed)}
+    skipped = len(prompts) - len(pairs)
+    stats = {"online/pairs": float(len(pairs)), "online/skipped": float(skipped), "online/failed": float(failed)}
     if scores:
         stats["online/score_mean"] = statistics.fmean(scores)
         stats["online/score_std"] = statistics.pstdev(scores)
     stats.update({f"reward/{k}": v for k, v in provider.metrics().items()})
-    return pairs, stats
+    counts = RoundCounts(len(pairs), len(prompts), skipped - starved, starved, failed, judged)
+    return Ranking(pairs, stats, counts, first)
 
 
 def _pair_group(prompt: str, group: list[tuple[float, str]], pairs: list) -> bool:

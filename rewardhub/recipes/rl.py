@@ -37,7 +37,7 @@ from torch import Tensor
 from rewardhub.config import RLConfig
 from rewardhub.data import load_rows, render_prompt, require_columns
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
-from rewardhub.errors import ConfigError, RewardProviderError
+from rewardhub.errors import ConfigError
 from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend
 from rewardhub.logprobs import sequence_logprobs
@@ -64,7 +64,7 @@ from rewardhub.maths.rl import (
 from rewardhub.maths.value_head import ActorCritic, ValueHead, hidden_size_of
 from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
 from rewardhub.reward_resolution import build_reward, reward_spec_of, summarize
-from rewardhub.rewards import Reward, RewardProvider, Sample, Status
+from rewardhub.rewards import Reward, RewardProvider, Sample, Status, check_failure_rate, first_failure
 
 log = logging.getLogger(__name__)
 #: --reward when neither the flag nor the task names one
@@ -318,13 +318,8 @@ def check_failures(state: RLState, rewards: list[Reward], valid: torch.Tensor, s
     """Stop with a clear message when the share of failed rewards (all processes) exceeds the threshold."""
     failed = float(_reduce(state, (~valid).sum().float(), "sum"))
     total = float(_reduce(state, torch.tensor(float(len(valid)), device=valid.device), "sum"))
-    if failed and failed / total > state.cfg.max_failure_rate:
-        first = next((r for r in rewards if not r.usable), None)
-        why = f"; first failure: {first.status.value}: {first.detail}" if first else ""
-        raise RewardProviderError(
-            f"reward provider {state.provider.display_name} failed on {int(failed)} of {int(total)} samples at step "
-            f"{step} ({failed / total:.0%} > max_failure_rate {state.cfg.max_failure_rate:g}){why}. Fix the reward "
-            "source (timeouts, server, sandbox) or raise --max-failure-rate; finished steps are checkpointed.")
+    check_failure_rate(state.provider, int(failed), int(total), state.cfg.max_failure_rate, step,
+                       first_failure(rewards))
 
 
 @torch.no_grad()
