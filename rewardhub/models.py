@@ -65,8 +65,8 @@ def check_model_available(name_or_path: str) -> None:
             f"is reachable (`hf download {name_or_path}`), then run again")
     if status == hub.OFFLINE:
         raise ModelLoadError(f"model {name_or_path!r} is not a local directory and was not found in the local "
-                             f"Hugging Face cache, and {detail} is set (no downloads); a hub id needs network access or a "
-                             f"local cache. {todo}.")
+                             f"Hugging Face cache, and {detail} is set (no downloads); a hub id needs network "
+                             f"access or a local cache. {todo}.")
     if status == hub.UNREACHABLE:
         raise ModelLoadError(f"model {name_or_path!r} is not a local directory or in the local Hugging Face cache, "
                              f"and the Hub cannot be reached ({detail}). {todo}.")

@@ -29,7 +29,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    import rewardhub.cli.eval_cmd  # noqa: F401
+    import rewardhub.cli.eval_cmd
     import rewardhub.models
     import rewardhub.recipes.rl
 
@@ -72,7 +72,7 @@ def test_empty_data_file_in_the_cli(tmp_path, capsys, no_weights):
 
 def test_malformed_jsonl_line_names_file_line_and_json_error(tmp_path, capsys, tiny_model_path, no_weights):
     path = tmp_path / "x.jsonl"
-    path.write_text("\n".join(rows_jsonl(6) + ['{"prompt": "a" "completion": "b"}']) + "\n")
+    path.write_text("\n".join([*rows_jsonl(6), '{"prompt": "a" "completion": "b"}']) + "\n")
     with pytest.raises(DataError, match=r"x\.jsonl line 7: not valid JSON: Expecting ',' delimiter \(column 16\)"):
         load_rows(str(path))
     # the RL recipe reads its data first: the message comes before the tokenizer or the weights load
@@ -84,7 +84,6 @@ def test_malformed_jsonl_line_names_file_line_and_json_error(tmp_path, capsys, t
 
 def test_feedback_import_shares_the_line_number_helper(tmp_path):
     import rewardhub_feedback.store as store_module
-
     from rewardhub.data_files import read_jsonl
 
     assert store_module.read_jsonl is read_jsonl
@@ -115,7 +114,7 @@ def test_non_utf8_file_names_the_byte_and_how_to_reencode(tmp_path, name, conten
 
 def test_lone_surrogate_row_is_refused_with_its_line_for_training(tmp_path):
     path = tmp_path / "s.jsonl"
-    path.write_text("\n".join(rows_jsonl(2) + ['{"prompt": "\\ud800", "completion": "b"}'] + rows_jsonl(1)) + "\n")
+    path.write_text("\n".join([*rows_jsonl(2), '{"prompt": "\\ud800", "completion": "b"}', *rows_jsonl(1)]) + "\n")
     with pytest.raises(DataError, match=r"s\.jsonl line 3: `prompt` holds a lone surrogate .*fix or remove that "
                                         r"line"):
         load_rows(str(path))
