@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rewardhub.data_files import check_utf8, column_type_problem, find_lone_surrogate, is_blank_file, read_jsonl
 from rewardhub.errors import DataError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -97,7 +98,7 @@ def _load_source(spec: str, split: str):
             if builder is None:
                 raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use one of "
                                 f"{', '.join(FILE_BUILDERS)}")
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            return _load_file(path, builder)
         if path.is_dir():
             if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
                 loaded = datasets.load_from_disk(str(path))
@@ -105,6 +106,7 @@ def _load_source(spec: str, split: str):
             return datasets.load_dataset(str(path), split=split)
         if spec.startswith((".", "/", "~")) or spec.endswith(tuple(FILE_BUILDERS)):
             raise DataError(f"data file or directory {spec!r} does not exist")
+        _check_hub_dataset(spec)
         return datasets.load_dataset(spec, split=split)
     except DataError:
         raise
@@ -113,6 +115,100 @@ def _load_source(spec: str, split: str):
             f"cannot load data {spec!r} (split {split!r}): {type(exc).__name__}: {exc}. Give a registered task "
             "(see `rewardhub plugins`), a .jsonl/.json/.parquet/.csv file, a directory, or a reachable hub id."
         ) from exc
+
+
+def _load_file(path: Path, builder: str):
+    """One data file through ``datasets``; an empty file, a bad line or bytes that are not UTF-8 are named."""
+    import datasets
+
+    try:
+        empty = path.stat().st_size == 0 if builder == "parquet" else is_blank_file(path)
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+    if empty:
+        raise DataError(f"data file {path} is empty; it needs one row per line (.jsonl), a list of rows (.json), "
+                        "a header and rows (.csv) or a table (.parquet)")
+    if builder != "parquet":
+        check_utf8(path)  # Arrow's JSON reader keeps bad bytes and fails only when a row is read
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:
+        explain_file_error(path)  # raises a DataError naming the line when it finds the problem
+        if "corresponds to no data" in str(exc):
+            raise DataError(f"data file {path} has no rows") from None
+        raise DataError(f"cannot load data file {path}: {type(exc).__name__}: {exc}") from exc
+    if len(ds) == 0:
+        raise DataError(f"data file {path} has no rows")
+    return ds
+
+
+def explain_file_error(path: str | Path) -> None:
+    """Find why a data file did not load and raise a DataError that names the line; return when none is found.
+
+    Checks, in order: bytes that are not UTF-8 (with the offset), JSON that does not parse or strings with a
+    lone surrogate (with the line), and a column whose JSON type changes between rows.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return
+    check_utf8(path)
+    if suffix == ".csv":
+        return
+    if suffix == ".json" and path.read_text(encoding="utf-8-sig").lstrip().startswith("["):
+        _explain_json_document(path)
+        return
+    lines = read_jsonl(path)
+    lines.raise_problems()
+    problem = column_type_problem(lines)
+    if problem:
+        raise DataError(problem)
+
+
+def _explain_json_document(path: Path) -> None:
+    import json
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path.name} line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    for i, row in enumerate(rows):
+        where = find_lone_surrogate(row)
+        if where:
+            raise DataError(f"{path.name} row {i}: {where} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                            "escape), which is not valid Unicode; fix or remove that row")
+
+
+def _check_hub_dataset(spec: str) -> None:
+    """Fail in seconds, not after retries, when a hub dataset id cannot be fetched (offline / unreachable)."""
+    from rewardhub import hub
+
+    status, detail = hub.probe(spec, "dataset")
+    todo = (f"Pass a local .jsonl/.json/.parquet/.csv file or directory, or download the dataset first where the "
+            f"network is reachable (`hf download {spec} --repo-type dataset --local-dir DIR`, then --data DIR)")
+    if status == hub.OFFLINE:
+        import datasets
+
+        if not _dataset_cached(spec, datasets):
+            raise DataError(f"cannot load data {spec!r}: it is not a local file or directory and was not found in "
+                            f"the local Hugging Face cache, and {detail} is set (no downloads). {todo}.")
+    elif status == hub.UNREACHABLE:
+        raise DataError(f"cannot load data {spec!r}: it is not a local file or directory, and the Hub cannot be "
+                        f"reached ({detail}). {todo}; if it is in your cache already, set HF_HUB_OFFLINE=1.")
+    elif status == hub.MISSING:
+        raise DataError(f"cannot load data {spec!r}: it is not a registered task, a local file or directory, and "
+                        "the Hub has no such dataset (check the spelling; see `rewardhub plugins` for tasks; a "
+                        "private dataset needs `hf auth login`)")
+
+
+def _dataset_cached(spec: str, datasets) -> bool:
+    """Whether ``datasets`` has something cached for ``spec`` (its own cache or the hub's)."""
+    from rewardhub import hub
+
+    if hub.in_cache(spec, "README.md", "dataset"):
+        return True
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    return any(cache.glob(spec.replace("/", "___") + "*")) if cache.is_dir() else False
 
 
 def rename_columns(ds, column_map: Mapping[str, str]):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rewardhub.errors import ModelLoadError
+from rewardhub.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,102 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(builtin_model_path())
     if name_or_path.startswith("builtin:"):
         raise ModelLoadError(f"unknown built-in model {name_or_path!r}; the built-in model is {BUILTIN_TINY!r}")
+    check_model_available(name_or_path)
     return name_or_path
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+
+
+def check_model_available(name_or_path: str) -> None:
+    """Fail fast (in seconds, not after a minute of retries) when a model can be neither read locally nor fetched.
+
+    A local directory passes; a path that does not exist fails; a hub id passes when it is in the local cache
+    or the Hub answers for it. Otherwise (``HF_HUB_OFFLINE=1`` set, the Hub unreachable, or no such model)
+    it raises ModelLoadError saying so and what to do.
+    """
+    from rewardhub import hub
+
+    if _looks_like_path(name_or_path):
+        if not Path(name_or_path).expanduser().exists():
+            raise ModelLoadError(f"cannot load model from {name_or_path!r}: the path does not exist; give a model "
+                                 "directory (one with config.json), a hub id, or builtin:tiny-llama")
+        return
+    if hub.in_cache(name_or_path):
+        return
+    status, detail = hub.probe(name_or_path)
+    todo = ("Pass a local model directory (--model path/to/model), or download the model first where the network "
+            f"is reachable (`hf download {name_or_path}`), then run again")
+    if status == hub.OFFLINE:
+        raise ModelLoadError(f"model {name_or_path!r} is not a local directory and was not found in the local "
+                             f"Hugging Face cache, and {detail} is set (no downloads); a hub id needs network "
+                             f"access or a local cache. {todo}.")
+    if status == hub.UNREACHABLE:
+        raise ModelLoadError(f"model {name_or_path!r} is not a local directory or in the local Hugging Face cache, "
+                             f"and the Hub cannot be reached ({detail}). {todo}.")
+    if status == hub.MISSING:
+        raise ModelLoadError(f"model {name_or_path!r} is not a local directory, and the Hub has no such model "
+                             f"{'(' + detail + ') ' if detail else ''}(check the spelling; a private or gated model "
+                             "needs `hf auth login`)")
+
+
+#: Config fields that hold a model's context length, by architecture family (first one present wins).
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
+                  "max_seq_len")
+
+
+def model_context_length(name_or_path: str) -> tuple[int, str] | None:
+    """(context length in tokens, the config field it came from) read from the model's config alone (no
+    weights), or None when the config names none. ``builtin:tiny-llama`` is answered without building it."""
+    from rewardhub.tiny_model import BUILTIN_TINY, TINY_CONFIG
+
+    if name_or_path == BUILTIN_TINY:
+        return TINY_CONFIG["max_position_embeddings"], "max_position_embeddings"
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise ModelLoadError(_load_hint(name_or_path, "config", exc)) from exc
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in CONTEXT_FIELDS:
+            value = getattr(cfg, name, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                return value, name
+    return None
+
+
+def check_context_length(name_or_path: str, max_length: int | None = None, max_new_tokens: int | None = None,
+                         *, rl: bool = False) -> None:
+    """ConfigError when the lengths asked for do not fit the model's context; reads only its config.
+
+    Call it before the weights load. ``max_length`` alone (SFT, DPO, reward model): prompt + completion.
+    ``rl=True``: RL rollouts keep ``max(1, max_length - max_new_tokens)`` prompt tokens and add up to
+    ``max_new_tokens``, so that sum must fit. ``max_new_tokens`` alone (``eval``): at least one prompt token
+    plus the generated ones.
+    """
+    found = model_context_length(name_or_path)
+    if found is None:
+        log.debug("no context length in the config of %s; --max-length not checked", name_or_path)
+        return
+    context, field_name = found
+    where = f"the context of {name_or_path} ({context} tokens, {field_name} in its config)"
+    problems = []
+    if max_length is not None and max_length > context:
+        problems.append(f"--max-length {max_length} is more than {where}; use --max-length {context} or less")
+    elif rl and max_length is not None and max_new_tokens is not None:
+        total = max(1, max_length - max_new_tokens) + max_new_tokens
+        if total > context:
+            problems.append(f"RL rollouts need prompt tokens + --max-new-tokens {max_new_tokens} = {total} tokens, "
+                            f"more than {where} (prompts keep max(1, --max-length - --max-new-tokens) tokens); "
+                            f"keep --max-new-tokens below --max-length {max_length}")
+    elif max_length is None and max_new_tokens is not None and max_new_tokens >= context:
+        problems.append(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in {where}; use "
+                        f"--max-new-tokens {context - 1} or less")
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_tokenizer(name_or_path: str):

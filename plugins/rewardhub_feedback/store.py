@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rewardhub.data_files import read_jsonl
 from rewardhub.errors import DataError
 from rewardhub.rewards import PreferencePair
 
@@ -173,20 +174,10 @@ class FeedbackStore:
         ``source`` defaults to the file name, so a later ``stats``/export tells imports apart.
         """
         path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
-        rows, problems = [], []
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path.name} line {n}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path.name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})")
-        if problems:
-            _raise_problems(problems, "line(s) that are not JSON")
+        lines = read_jsonl(path)  # the core's reader: bad lines named by number, bytes that are not UTF-8 by offset
+        if lines.problems:
+            _raise_problems(lines.messages(), "line(s) that are not JSON")
+        rows = [(f"{path.name} line {n}", row) for n, row in lines.rows]
         if not rows:
             raise DataError(f"{path} has no preference rows; expected JSON lines with prompt, chosen and rejected")
         return self._import(rows, annotator, path.name if source is None else source)

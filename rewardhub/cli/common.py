@@ -70,3 +70,15 @@ def load_reward_config(cls: type, args: Any, presets: Mapping | None = None) -> 
     if cfg.reward:
         check_reward_spec(cfg.reward)
     return cfg
+
+
+def check_model_lengths(cfg: Any) -> None:
+    """``--max-length`` (and, for RL, prompt + ``--max-new-tokens``) against the model's context, read from its
+    config alone: call it right after the config is loaded, before the recipe loads the weights.
+
+    Also fails fast on a ``--model`` hub id that is neither local nor cached while the Hub is off or unreachable.
+    """
+    from rewardhub.models import check_context_length
+
+    rl = getattr(cfg, "algo", None) in ("ppo", "grpo", "rloo")
+    check_context_length(cfg.model, cfg.max_length, getattr(cfg, "max_new_tokens", None) if rl else None, rl=rl)

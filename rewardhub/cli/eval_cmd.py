@@ -19,10 +19,14 @@ def add_parser(sub):
 def run(args) -> int:
     from rewardhub.data import load_rows, require_columns
     from rewardhub.evaluation import generate_completions, score_rows
-    from rewardhub.models import load_model_and_tokenizer
+    from rewardhub.models import check_context_length, load_model_and_tokenizer
+    from rewardhub.out_dir import check_out_file
     from rewardhub.reward_resolution import build_reward
 
     cfg = load_reward_config(EvalConfig, args)
+    check_out_file(cfg.output)
+    # Before the data and the weights: a hub id that cannot be fetched, or more new tokens than the context holds.
+    check_context_length(cfg.model, max_new_tokens=cfg.max_new_tokens)
     rows = load_rows(cfg.data, "test", cfg.data_args or None, cfg.column_map)
     if cfg.limit:
         rows = rows.select(range(min(cfg.limit, len(rows))))

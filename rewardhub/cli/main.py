@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from rewardhub import __version__
@@ -70,13 +71,44 @@ def _fail_with(problem: str):
     return handler
 
 
+#: A negative number as a flag value: -1, -0.1, -.5, -1e-3, -2.5E+4.
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for every option that takes one value, so argparse reads the number as
+    the value (it takes ``-1e-3`` for an option otherwise) and validation can say what is wrong with it.
+
+    Only a token right after an option that takes a value is joined; options without a value (``--resume``),
+    positionals and everything after ``--`` are left as they are.
+    """
+    subs, current, out = subcommands(parser), parser, []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out.extend(argv[i:])
+            break
+        if current is parser and token in subs:
+            current = subs[token]
+        action = current._option_string_actions.get(token) if token.startswith("-") else None
+        if (action is not None and action.nargs is None and i + 1 < len(argv)
+                and _NEGATIVE_NUMBER.fullmatch(argv[i + 1])):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
     except RewardhubError as exc:  # two plugins (or a plugin and the core) claim one command name
         print(f"rewardhub: error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
     verbose = args.__dict__.pop("verbose", False)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
