@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rewardhub.console import number
 from rewardhub.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,11 @@ class MetricsLogger:
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _keep_rows_up_to(self.path, start_step)
+            from rewardhub.console import console
+
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False,
+                                     console=console)
             self.task = self.progress.add_task(description, total=total_steps, completed=start_step, info="")
             self.progress.start()
 
@@ -265,7 +269,7 @@ class MetricsLogger:
         if self.main:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4])
+            shown = ", ".join(f"{k}={number(v)}" for k, v in list(metrics.items())[:4])
             self.progress.console.print(f"[dim]{kind}[/] step {step}: {shown}")
         if self.accelerator.log_with:
             self.accelerator.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
@@ -342,10 +346,6 @@ def _num(v: Any) -> Any:
     except (TypeError, ValueError):
         return v
     return None if math.isnan(f) else f
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -414,6 +414,14 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _cache_of(out: Any) -> Any:
+    """The KV cache a forward pass returned: ``out.cache`` (transformers 5.2x) or ``out.past_key_values``.
+
+    On a new model, reading ``past_key_values`` works but warns (deprecated) on every decode step.
+    """
+    return out["cache"] if "cache" in out else out.past_key_values  # noqa: SIM401 (.get would read the deprecated name eagerly)
+
+
 def _preallocate(cache: Any, capacity: int) -> bool:
     """Swap the cache's plain full-attention ``DynamicLayer``s for :class:`_PreallocatedLayer`s, in place.
 
@@ -538,12 +546,12 @@ class TorchBackend:
                 use_cache=True,
                 **extra,
             )
-            cache = out.past_key_values
+            cache = _cache_of(out)
             if hasattr(cache, "batch_select_indices"):
                 cache.batch_select_indices(inv)
                 return out.logits[:, -1, :].float()[inv], cache
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **extra)
-        return out.logits[:, -1, :].float(), out.past_key_values
+        return out.logits[:, -1, :].float(), _cache_of(out)
 
     def _generate(
         self,
@@ -626,7 +634,7 @@ class TorchBackend:
                 **{cache_kwarg: cache},
             )
             logits = out.logits[:, -1, :].float()
-            cache = out.past_key_values
+            cache = _cache_of(out)
 
         eos_reached = (out_mask[:, :steps].bool() & torch.isin(out_ids[:, :steps], eos_t)).any(dim=1)
         return ids, mask, out_ids[:, :steps], out_mask[:, :steps], out_lp[:, :steps], eos_reached

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from rewardhub.console import number
 from rewardhub.engine import Checkpointer, MetricsLogger, TokenRate, make_accelerator
 from rewardhub.errors import RewardProviderError
 from rewardhub.run_dir import claim
@@ -110,7 +111,7 @@ def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback]) -> dict[s
                 logger.log(step, logged)
                 window = []
             outcome.last = metrics
-            schedule.after_step(step, metrics, ", ".join(f"{k} {v:.3g}" for k, v in list(metrics.items())[:2]))
+            schedule.after_step(step, metrics, ", ".join(f"{k} {number(v, 3)}" for k, v in list(metrics.items())[:2]))
             if stop:
                 break
     outcome.after = schedule.evaluate_now(schedule.completed)

@@ -134,6 +134,16 @@ def check_context_length(name_or_path: str, max_length: int | None = None, max_n
         raise ConfigError(problems)
 
 
+def check_lengths_fit(cfg: Any) -> None:
+    """A training config's ``max_length`` (and, for RL, prompt + ``max_new_tokens``) against its model's context.
+
+    Reads the model's config alone, so the recipes call it first thing, before data or weights load; it also
+    fails fast on a ``model`` hub id that is neither local nor cached while the Hub is off or unreachable.
+    """
+    rl = getattr(cfg, "algo", None) in ("ppo", "grpo", "rloo")
+    check_context_length(cfg.model, cfg.max_length, getattr(cfg, "max_new_tokens", None) if rl else None, rl=rl)
+
+
 def load_tokenizer(name_or_path: str):
     """Load a tokenizer and make it safe for RL: a pad token distinct from EOS, left padding for generation."""
     from transformers import AutoTokenizer

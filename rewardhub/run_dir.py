@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardhub.errors import RunDirectoryError
+from rewardhub.out_dir import check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def claim(cfg: Any) -> Iterator[Path]:
 
     Raises:
         RunDirectoryError: the directory is in use, holds another kind of run, or a run started with other
-            settings (unless ``cfg.overwrite`` or ``cfg.force_resume`` says what to do), or cannot be written.
+            settings (unless ``cfg.overwrite`` or ``cfg.force_resume`` says what to do).
+        ConfigError: ``cfg.out`` is a file or cannot be written.
     """
     out = Path(cfg.out)
     key = out.resolve()
@@ -66,7 +68,8 @@ def claim(cfg: Any) -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
-    _make_dir(out)
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
     main = int(os.environ.get("RANK", "0")) == 0
     lock = _lock(out) if main else None
     _held[key] = 1
@@ -227,19 +230,6 @@ def _delete_run(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-
-
-def _make_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"--out {out} is a file, not a directory; pass a directory path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirectoryError(f"cannot write to --out {out}: {exc.strerror or exc}; pass a directory you can "
-                                "write to") from None
 
 
 def _lock(out: Path):

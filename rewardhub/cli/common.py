@@ -7,10 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from rewardhub.console import console, number
 
 
 def print_table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
@@ -18,7 +17,7 @@ def print_table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -
     for c in columns:
         table.add_column(c)
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(number(v) for v in row))
     console.print(table)
 
 
@@ -49,10 +48,18 @@ def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
     return path
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+def print_outputs(out: str | Path, final: Mapping[str, Any]) -> None:
+    """Where a training run's results went: metrics, the newest checkpoint, sampled completions, the model."""
+    out = Path(out)
+    checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit()
+                         else -1)
+    parts = [f"metrics: {out / 'metrics.jsonl'}"]
+    if checkpoints:
+        parts.append(f"checkpoint: {checkpoints[-1]}")
+    if (out / "completions").is_dir():
+        parts.append(f"sampled completions: {out / 'completions'}/")
+    parts.append(f"model: {final.get('model_path', out / 'model')}")
+    console.print("; ".join(parts), soft_wrap=True, highlight=False, markup=False)
 
 
 def load_reward_config(cls: type, args: Any, presets: Mapping | None = None) -> Any:
@@ -70,15 +77,3 @@ def load_reward_config(cls: type, args: Any, presets: Mapping | None = None) -> 
     if cfg.reward:
         check_reward_spec(cfg.reward)
     return cfg
-
-
-def check_model_lengths(cfg: Any) -> None:
-    """``--max-length`` (and, for RL, prompt + ``--max-new-tokens``) against the model's context, read from its
-    config alone: call it right after the config is loaded, before the recipe loads the weights.
-
-    Also fails fast on a ``--model`` hub id that is neither local nor cached while the Hub is off or unreachable.
-    """
-    from rewardhub.models import check_context_length
-
-    rl = getattr(cfg, "algo", None) in ("ppo", "grpo", "rloo")
-    check_context_length(cfg.model, cfg.max_length, getattr(cfg, "max_new_tokens", None) if rl else None, rl=rl)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rewardhub.cli.common import load_reward_config, print_summary
+from rewardhub.cli.common import load_reward_config, print_outputs, print_summary
 from rewardhub.config import SFTConfig, add_flags
 
 
@@ -20,5 +20,6 @@ def run(args) -> int:
 
     cfg = load_reward_config(SFTConfig, args)
     final = train_sft(cfg)
-    print_summary(f"sft finished: {cfg.out}", final)
+    print_summary("sft finished", final)
+    print_outputs(cfg.out, final)
     return 0

@@ -31,7 +31,7 @@ def chosen_algo(args) -> str:
 
 
 def run(args) -> int:
-    from rewardhub.cli.common import console, load_reward_config, print_summary
+    from rewardhub.cli.common import console, load_reward_config, print_outputs, print_summary
     from rewardhub.reward_resolution import build_reward, check_reward_spec, reward_spec_of
 
     dpo = chosen_algo(args) == "dpo"
@@ -52,9 +52,10 @@ def run(args) -> int:
                               announce=lambda line: console.print(line, markup=False, soft_wrap=True))
         else:
             final = _train_rl_stages(cfg, provider, console)
-        print_summary(f"{cfg.algo} finished: {cfg.out}", final)
+        print_summary(f"{cfg.algo} finished", final)
         if not dpo:
             _print_outcome(cfg, final, console)
+        print_outputs(cfg.out, final)
         return 0
     finally:
         provider.close()
@@ -83,7 +84,7 @@ def _train_rl_stages(cfg: RLConfig, provider, console) -> dict:
 
 
 def _print_outcome(cfg: RLConfig, final: dict, console) -> None:
-    """Held-out result before and after RL, and where everything went."""
+    """Held-out result before and after RL."""
     for key, unit in (("accuracy", "accuracy"), ("reward_mean", "mean reward")):
         before, after = final.get(f"before/{key}"), final.get(f"after/{key}")
         if before is not None and after is not None:
@@ -93,6 +94,3 @@ def _print_outcome(cfg: RLConfig, final: dict, console) -> None:
             console.print(f"[bold]held-out {unit} on {n} problems: before RL {shown(before)} -> after RL "
                           f"{shown(after)} ({change})[/]", soft_wrap=True)
             break
-    out = Path(cfg.out)
-    console.print(f"metrics: {out / 'metrics.jsonl'}; sampled completions: {out / 'completions'}/; "
-                  f"model: {final.get('model_path', out / 'model')}", soft_wrap=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rewardhub.cli.common import print_summary
+from rewardhub.cli.common import print_outputs, print_summary
 from rewardhub.config import RewardModelConfig, add_flags, load_config
 
 
@@ -21,5 +21,6 @@ def run(args) -> int:
 
     cfg = load_config(RewardModelConfig, args)
     final = train_reward_model(cfg)
-    print_summary(f"reward model finished: {cfg.out}/model", final)
+    print_summary("reward model finished", final)
+    print_outputs(cfg.out, final)
     return 0

@@ -54,7 +54,7 @@ from rewardhub.evaluation import load_eval_rows
 from rewardhub.logprobs import accepts_logits_to_keep
 from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.preference import dpo_loss, sequence_logps
-from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
+from rewardhub.models import LoraOptions, check_lengths_fit, disable_dropout, load_model, load_tokenizer
 from rewardhub.rewards import RewardProvider, Sample, check_failure_rate, first_failure
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,8 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None, callbacks:
             before any model loads; default: logged at INFO. The CLI prints it.
     """
     cfg.validate()
-    chosen = resolve_pair_source(cfg, provider)
+    chosen = resolve_pair_source(cfg, provider)  # a format DPO cannot use is named before anything else
+    check_lengths_fit(cfg)  # from the model's config: before the weights load
     (announce or log.info)(chosen.line)
     source, train_rows = chosen.source, chosen.rows
     own_provider = source in ("provider", "online") and provider is None

@@ -33,7 +33,7 @@ from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
 from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.preference import bradley_terry_loss
-from rewardhub.models import LoraOptions, load_model, load_tokenizer
+from rewardhub.models import LoraOptions, check_lengths_fit, load_model, load_tokenizer
 from rewardhub.recipes.dpo import encode_completion, pair_texts
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def train_reward_model(cfg: RewardModelConfig, callbacks: Sequence[Callback] = (
     """Train a Bradley-Terry reward model; returns the final metrics (held-out accuracy and margin when there
     is held-out data, the calibration mean/std, and ``model_path``)."""
     cfg.validate()
+    check_lengths_fit(cfg)  # from the model's config: before any data or weights load
     return run(RewardModel(cfg), cfg, callbacks)
 
 
@@ -139,13 +140,13 @@ class RewardModel:
 
     def setup(self, accelerator) -> RewardModelState:
         cfg = self.cfg
+        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)  # before the model
+        require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
+        eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
         tokenizer = load_tokenizer(cfg.model)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer,
                            kind="reward")
-        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
-        require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
-        eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
         examples = tokenize_rm_pairs(train_rows, tokenizer, cfg.max_length, cfg.use_margin)
         eval_examples = None
         if eval_rows is not None:

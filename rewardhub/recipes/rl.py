@@ -62,7 +62,7 @@ from rewardhub.maths.rl import (
     token_level_rewards,
 )
 from rewardhub.maths.value_head import ActorCritic, ValueHead, hidden_size_of
-from rewardhub.models import LoraOptions, disable_dropout, load_model, load_tokenizer
+from rewardhub.models import LoraOptions, check_lengths_fit, disable_dropout, load_model, load_tokenizer
 from rewardhub.reward_resolution import build_reward, reward_spec_of, summarize
 from rewardhub.rewards import Reward, RewardProvider, Sample, Status, check_failure_rate, first_failure
 
@@ -131,6 +131,7 @@ def train_rl(cfg: RLConfig, callbacks: Sequence[Callback] = (), provider: Reward
         backend: the rollout backend; default :class:`~rewardhub.generation.TorchBackend`.
     """
     cfg.validate()
+    check_lengths_fit(cfg)  # from the model's config: before any data or weights load
     if cfg.algo not in RL_ALGOS:
         raise ConfigError(f"train_rl runs {', '.join(RL_ALGOS)}; got algo {cfg.algo!r}")
     own = provider is None

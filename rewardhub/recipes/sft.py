@@ -20,7 +20,7 @@ from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_fina
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.loop import Callback, Outcome, run
-from rewardhub.models import LoraOptions, load_model, load_tokenizer
+from rewardhub.models import LoraOptions, check_lengths_fit, load_model, load_tokenizer
 from rewardhub.reward_resolution import build_reward, reward_spec_of
 from rewardhub.rewards import RewardProvider
 
@@ -89,6 +89,7 @@ def train_sft(cfg: SFTConfig, callbacks: Sequence[Callback] = (),
             when unset, see :func:`eval_reward_spec`) and closed here.
     """
     cfg.validate()
+    check_lengths_fit(cfg)  # from the model's config: before any data or weights load
     eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
     spec = eval_reward_spec(cfg, eval_rows)
     own = provider is None and spec is not None
@@ -136,10 +137,10 @@ class SFT:
 
     def setup(self, accelerator) -> SFTState:
         cfg = self.cfg
+        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)  # a bad file: before the model
         tokenizer = load_tokenizer(cfg.model)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer)
-        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)
         examples = tokenize_sft(train_rows, tokenizer, cfg.max_length, cfg.completion_only_loss)
         eval_examples = None
         if self.eval_rows is not None:
