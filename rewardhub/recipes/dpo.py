@@ -56,6 +56,7 @@ from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.preference import dpo_loss, sequence_logps
 from rewardhub.models import LoraOptions, check_lengths_fit, disable_dropout, load_model, load_tokenizer
 from rewardhub.rewards import RewardProvider, Sample, check_failure_rate, first_failure
+from rewardhub.run_dir import claim
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,13 @@ def train_dpo(cfg: DPOConfig, provider: RewardProvider | None = None, callbacks:
     cfg.validate()
     chosen = resolve_pair_source(cfg, provider)  # a format DPO cannot use is named before anything else
     check_lengths_fit(cfg)  # from the model's config: before the weights load
-    (announce or log.info)(chosen.line)
+    with claim(cfg):  # an --out this run may not use is refused before the pairs line, provider or model
+        (announce or log.info)(chosen.line)
+        return _train_on_pairs(cfg, chosen, provider, callbacks)
+
+
+def _train_on_pairs(cfg: DPOConfig, chosen: PairSource, provider: RewardProvider | None,
+                    callbacks: Sequence[Callback]) -> dict[str, Any]:
     source, train_rows = chosen.source, chosen.rows
     own_provider = source in ("provider", "online") and provider is None
     if own_provider:
