@@ -34,6 +34,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -152,6 +153,30 @@ class _Worker:
         return int(self.progress[0]), float(self.progress[1])
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a worker without it re-running the user's script.
+
+    ``spawn`` and ``forkserver`` children import the parent's ``__main__`` by path (``__mp_main__``) before
+    they run their target; a plain script without an ``if __name__ == "__main__":`` guard would then train
+    again inside every worker, which multiprocessing stops with a bootstrapping error (the worker "died
+    during start-up"). The worker needs nothing from ``__main__`` (its target and arguments live in this
+    module), so while it starts the main module's ``__file__``/``__spec__`` are hidden from the preparation
+    data that tells the child what to import.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if "__file__" in saved:
+        del main.__dict__["__file__"]
+    if "__spec__" in saved:
+        main.__dict__["__spec__"] = None  # multiprocessing reads the attribute itself: None, not absent
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def _default_context() -> mp.context.BaseContext:
     if "forkserver" in mp.get_all_start_methods():
         return mp.get_context("forkserver")
@@ -235,7 +260,8 @@ class MathCheckPool:
             name="rewardhub-math-worker",
             daemon=True,
         )
-        proc.start()
+        with _main_module_hidden():
+            proc.start()
         child.close()  # so that the parent sees EOF when the worker dies
         return _Worker(proc, parent, progress)
 
