@@ -36,6 +36,12 @@ class ModelArgs:
     lora_r: int = setting(0, "LoRA rank (peft); 0 trains all parameters")
     lora_alpha: int = setting(32, "LoRA alpha")
     lora_dropout: float = setting(0.0, "LoRA dropout")
+    lora_target_modules: str = setting("all-linear", "modules that get LoRA adapters: all-linear, or names "
+                                       "separated by commas (q_proj,v_proj)")
+    merge_lora: bool = setting(True, "save the final model with the LoRA adapter merged in (a plain model that "
+                               "loads without the base); the adapter alone goes to OUT/adapter either way")
+    chat_template: str | None = setting(None, "a Jinja chat template file, for a model whose tokenizer has none "
+                                        "(or to replace its own); saved with the final model")
 
 
 @dataclass
@@ -142,6 +148,11 @@ def validate_train_args(cfg: Any) -> list[str]:
         problems.append("force_resume asks to resume, resume=False not to; pass one")
     if not 0 <= getattr(cfg, "max_failure_rate", 0) <= 1:  # RL and DPO
         problems.append(f"max_failure_rate must be in [0, 1], got {cfg.max_failure_rate}")
+    template = getattr(cfg, "chat_template", None)
+    if template is not None and not Path(template).expanduser().is_file():
+        problems.append(f"chat_template {template!r} is not a file; give the path of a Jinja template")
+    if not str(getattr(cfg, "lora_target_modules", "x")).strip(" ,"):
+        problems.append("lora_target_modules is empty; give all-linear or module names (q_proj,v_proj)")
     if getattr(cfg, "max_time", None) is not None:
         try:
             parse_duration(cfg.max_time)

@@ -290,18 +290,42 @@ class MetricsLogger:
             self.accelerator.end_training()
 
 
-def save_final_model(accelerator, model, tokenizer, out: str | Path) -> Path:
-    """``out/model``: a plain ``save_pretrained`` directory that loads back with ``--model out/model``."""
+def save_final_model(accelerator, model, tokenizer, out: str | Path, merge_lora: bool = True) -> Path:
+    """``out/model``: a plain ``save_pretrained`` directory that loads back with ``--model out/model``.
+
+    A LoRA run also writes its adapter alone to ``out/adapter``; ``out/model`` is then the base with the
+    adapter merged in (``merge_lora``), which loads without the base model (moved or deleted, it does not
+    matter), or with ``merge_lora=False`` the adapter again, which points at the base by its path.
+    Merging is done in place: saving is the last thing a run does with its model.
+    """
     path = Path(out) / "model"
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        # Under FSDP/DeepSpeed the full state dict must be gathered; on one process save_pretrained does it
-        # itself (and handles tied embeddings without a warning).
-        sharded = accelerator.num_processes > 1
-        unwrapped.save_pretrained(path, **({"state_dict": accelerator.get_state_dict(model)} if sharded else {}))
+        save_model_dir(accelerator, model, path, merge_lora)
         tokenizer.save_pretrained(path)
+    accelerator.wait_for_everyone()
     return path
+
+
+def save_model_dir(accelerator, model, path: Path, merge_lora: bool = True) -> None:
+    """(main process) ``model`` saved to ``path``; a peft model's adapter also to ``path.parent / "adapter"``."""
+    unwrapped = accelerator.unwrap_model(model)
+    # Under FSDP/DeepSpeed the full state dict must be gathered; on one process save_pretrained does it itself
+    # (and handles tied embeddings without a warning).
+    sharded = accelerator.num_processes > 1
+    gathered = {"state_dict": accelerator.get_state_dict(model)} if sharded else {}
+    if not hasattr(unwrapped, "merge_and_unload"):
+        unwrapped.save_pretrained(path, **gathered)
+        return
+    unwrapped.save_pretrained(path.parent / "adapter", **gathered)
+    if not merge_lora:
+        unwrapped.save_pretrained(path, **gathered)
+    elif accelerator.distributed_type in ("FSDP", "DEEPSPEED"):
+        log.warning("the LoRA adapter is in %s; merging a sharded model is left to you (load the base, "
+                    "peft's PeftModel.from_pretrained(base, adapter).merge_and_unload())", path.parent / "adapter")
+        unwrapped.save_pretrained(path, **gathered)
+    else:
+        unwrapped.merge_and_unload().save_pretrained(path)
 
 
 def _keep_rows_up_to(path: Path, step: int) -> None:

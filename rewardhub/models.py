@@ -25,7 +25,15 @@ class LoraOptions:
     r: int = 0
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: str = "all-linear"
+    target_modules: str | list[str] = "all-linear"
+
+    @classmethod
+    def of(cls, cfg: Any) -> LoraOptions:
+        """The LoRA settings of a training config (``lora_r``, ``lora_alpha``, ``lora_dropout``,
+        ``lora_target_modules``: ``all-linear`` or comma-separated module names)."""
+        names = str(getattr(cfg, "lora_target_modules", "all-linear"))
+        targets = names if names.strip() == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
+        return cls(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -144,8 +152,12 @@ def check_lengths_fit(cfg: Any) -> None:
     check_context_length(cfg.model, cfg.max_length, getattr(cfg, "max_new_tokens", None) if rl else None, rl=rl)
 
 
-def load_tokenizer(name_or_path: str):
-    """Load a tokenizer and make it safe for RL: a pad token distinct from EOS, left padding for generation."""
+def load_tokenizer(name_or_path: str, chat_template: str | None = None):
+    """Load a tokenizer and make it safe for RL: a pad token distinct from EOS, left padding for generation.
+
+    ``chat_template``: a Jinja template file that becomes the tokenizer's chat template (a base model has
+    none; conversational data needs one), saved with the final model like any tokenizer setting.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
@@ -153,6 +165,11 @@ def load_tokenizer(name_or_path: str):
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
         raise ModelLoadError(_load_hint(name_or_path, "tokenizer", exc)) from exc
+    if chat_template is not None:
+        try:
+            tok.chat_template = Path(chat_template).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --chat-template {chat_template}: {exc}") from None
     if tok.eos_token_id is None:
         raise ModelLoadError(f"tokenizer of {name_or_path!r} has no EOS token; set eos_token in its tokenizer_config")
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:

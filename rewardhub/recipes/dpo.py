@@ -296,9 +296,9 @@ class DPO:
 
     def setup(self, accelerator) -> DPOState:
         cfg, source = self.cfg, self.source
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                           lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer)
+                           lora=LoraOptions.of(cfg), tokenizer=tokenizer)
         disable_dropout(model)  # log-prob ratios against the reference must compare like with like
         model.to(accelerator.device)
         state = DPOState(cfg, accelerator, model, tokenizer, None, self.provider, cfg.loss_type == "ipo",
@@ -353,7 +353,8 @@ class DPO:
         final.update({"steps": outcome.steps, "pair_source": self.source})
         if state.examples is not None:
             final["train_pairs"] = len(state.examples)
-        final["model_path"] = str(save_final_model(state.accelerator, state.model, state.tokenizer, self.cfg.out))
+        final["model_path"] = str(save_final_model(state.accelerator, state.model, state.tokenizer, self.cfg.out,
+                                                       self.cfg.merge_lora))
         return final
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns
-from rewardhub.engine import DataOrder, clip_and_step, make_optimizer
+from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
 from rewardhub.loop import Callback, Outcome, run
@@ -143,9 +143,9 @@ class RewardModel:
         train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)  # before the model
         require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
         eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                           lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer,
+                           lora=LoraOptions.of(cfg), tokenizer=tokenizer,
                            kind="reward")
         examples = tokenize_rm_pairs(train_rows, tokenizer, cfg.max_length, cfg.use_margin)
         eval_examples = None
@@ -260,17 +260,10 @@ def calibrate(model, tokenizer, cfg: RewardModelConfig, train_rows, device) -> d
 
 
 def save_reward_model(accelerator, model, tokenizer, out: str | Path, calibration: Mapping[str, Any]) -> Path:
-    """``out/model``: a plain sequence classifier (LoRA merged) + tokenizer + ``rewardhub_rm.json``."""
-    path = Path(out) / "model"
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    """``out/model``: a plain sequence classifier (LoRA always merged: ``--reward-arg path=`` loads it by path)
+    + tokenizer + ``rewardhub_rm.json``."""
+    path = save_final_model(accelerator, model, tokenizer, out, merge_lora=True)
     if accelerator.is_main_process:
-        sharded = accelerator.num_processes > 1
-        if hasattr(unwrapped, "merge_and_unload"):  # a LoRA adapter: merge so the model loads by path
-            unwrapped.merge_and_unload().save_pretrained(path)
-        else:
-            unwrapped.save_pretrained(path, **({"state_dict": accelerator.get_state_dict(model)} if sharded else {}))
-        tokenizer.save_pretrained(path)
         (path / CALIBRATION_FILE).write_text(json.dumps(dict(calibration), indent=2))
     accelerator.wait_for_everyone()
     return path

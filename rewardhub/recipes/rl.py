@@ -178,7 +178,7 @@ def setup(cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend, a
     eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
     if eval_rows is not None and "prompt" not in eval_rows.column_names:
         eval_rows = None
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     net, ref = build_models(cfg, tokenizer)
     own_lr = None
     if net.value_head is not None and cfg.value_lr_mult != 1.0:
@@ -202,7 +202,7 @@ def setup(cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend, a
 
 def build_models(cfg: RLConfig, tokenizer) -> tuple[ActorCritic, Any]:
     """Policy (+ value head / separate critic for PPO) and the frozen reference, all with dropout off."""
-    lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    lora = LoraOptions.of(cfg)
     policy = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
                         tokenizer=tokenizer)
     disable_dropout(policy)
@@ -655,7 +655,7 @@ def evaluate_rl(state: RLState) -> dict[str, float]:
 def save_model(state: RLState) -> Path:
     """``out/model`` as a plain HF checkpoint; PPO's value head beside it in ``value_head.pt``."""
     acc, net = state.accelerator, state.net
-    path = save_final_model(acc, net.policy, state.tokenizer, state.cfg.out)
+    path = save_final_model(acc, net.policy, state.tokenizer, state.cfg.out, state.cfg.merge_lora)
     if net.value_head is not None and acc.is_main_process:
         torch.save(net.value_head.state_dict(), path / "value_head.pt")
         if net.critic is not None:

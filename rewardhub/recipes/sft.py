@@ -138,9 +138,9 @@ class SFT:
     def setup(self, accelerator) -> SFTState:
         cfg = self.cfg
         train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)  # a bad file: before the model
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
-                           lora=LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), tokenizer=tokenizer)
+                           lora=LoraOptions.of(cfg), tokenizer=tokenizer)
         examples = tokenize_sft(train_rows, tokenizer, cfg.max_length, cfg.completion_only_loss)
         eval_examples = None
         if self.eval_rows is not None:
@@ -204,5 +204,5 @@ class SFT:
         return metrics
 
     def finish(self, state: SFTState, outcome: Outcome) -> dict[str, Any]:
-        path = save_final_model(state.accelerator, state.model, state.tokenizer, self.cfg.out)
+        path = save_final_model(state.accelerator, state.model, state.tokenizer, self.cfg.out, self.cfg.merge_lora)
         return {**outcome.after, "steps": outcome.steps, "model_path": str(path)}

@@ -19,7 +19,7 @@ from rewardhub.rewards import RewardProvider
 #: columns that give SFT something to imitate (rewardhub.data's prompt/completion, conversational and text formats)
 DEMONSTRATION_COLUMNS = ("completion", "messages", "text")
 #: the warm-up trains all parameters; --lora-r applies to the RL stage
-LORA_FIELDS = {"lora_r", "lora_alpha", "lora_dropout"}
+LORA_FIELDS = {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora"}
 
 
 def check_warmup_data(cfg: RLConfig) -> None:
