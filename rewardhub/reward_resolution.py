@@ -155,10 +155,14 @@ def build_reward(spec: str, args: Mapping[str, Any] | None = None, registry: Reg
 
 
 def _build_one(name: str, options: Mapping[str, Any], registry: Registry) -> RewardProvider:
-    if is_import_path(name):
-        obj = import_object(name)
-    else:
-        obj = registry.get("reward", name).obj
+    obj = import_object(name) if is_import_path(name) else registry.get("reward", name).obj
+    return provider_of(obj, name, options)
+
+
+def provider_of(obj: Any, name: str, options: Mapping[str, Any] | None = None) -> RewardProvider:
+    """A provider from what a reward name (or the Python API's ``reward=``) stands for: a provider instance, a
+    provider class (built with ``options``), or a plain function ``(completion, row) -> score``."""
+    options = options or {}
     if isinstance(obj, RewardProvider):
         if options:
             raise ConfigError(f"reward {name!r} is a ready instance and takes no options (got {sorted(options)})")
@@ -253,4 +257,12 @@ def summarize(rewards: Sequence[Reward]) -> dict[str, float]:
         n = sum(r.status is status for r in rewards)
         if n:
             stats[f"frac_{status.value}"] = n / len(rewards)
+    return stats
+
+
+def reward_stats(provider: RewardProvider, rewards: Sequence[Reward]) -> dict[str, float]:
+    """:func:`summarize`, plus ``accuracy`` (the share scored ok) for a provider that reports correctness."""
+    stats = summarize(rewards)
+    if provider.reports_correctness:
+        stats["accuracy"] = stats.get("frac_ok", 0.0)
     return stats

@@ -95,9 +95,14 @@ def build_tiny_model(path: str | os.PathLike, seed: int = 0, **config_overrides)
     return out
 
 
+def rewardhub_home() -> Path:
+    """Where rewardhub keeps what it builds or caches: ``$REWARDHUB_HOME``, default ``~/.cache/rewardhub``."""
+    return Path(os.environ.get("REWARDHUB_HOME", Path.home() / ".cache" / "rewardhub"))
+
+
 def builtin_model_path() -> Path:
-    """Where ``builtin:tiny-llama`` lives; built on first use (``$REWARDHUB_HOME``, default ~/.cache/rewardhub)."""
-    home = Path(os.environ.get("REWARDHUB_HOME", Path.home() / ".cache" / "rewardhub"))
+    """Where ``builtin:tiny-llama`` lives; built on first use (in :func:`rewardhub_home`)."""
+    home = rewardhub_home()
     # The directory name carries a digest of the config, so changing TINY_CONFIG never reuses a stale model.
     digest = hashlib.sha1(repr(sorted(TINY_CONFIG.items())).encode()).hexdigest()[:8]
     path = home / f"tiny-llama-{digest}"

@@ -28,12 +28,9 @@ def print_summary(title: str, stats: Mapping[str, float]) -> None:
 def print_reward_summary(title: str, provider: Any, rewards: Sequence[Any], output: Path) -> None:
     """``summarize(rewards)`` as a table (with ``accuracy`` for a provider that reports correctness), then where
     the per-row results went: how ``score`` and ``eval`` end."""
-    from rewardhub.reward_resolution import summarize
+    from rewardhub.reward_resolution import reward_stats
 
-    stats = summarize(rewards)
-    if provider.reports_correctness:
-        stats["accuracy"] = stats.get("frac_ok", 0.0)
-    print_summary(title, stats)
+    print_summary(title, reward_stats(provider, rewards))
     console.print(f"per-row results: {output}")
 
 
@@ -63,17 +60,10 @@ def print_outputs(out: str | Path, final: Mapping[str, Any]) -> None:
 
 
 def load_reward_config(cls: type, args: Any, presets: Mapping | None = None) -> Any:
-    """The command's config, with its ``--verifier`` files registered and its ``--reward`` checked (when given).
+    """The command's config from its flags, with its ``--verifier`` files registered and its ``--reward`` checked
+    (when given) before any model or dataset is loaded: :func:`rewardhub.api.load_settings` on the flags."""
+    from rewardhub.api import load_settings
 
-    The check resolves the spec (and rejects a typo) before any model or dataset is loaded.
-    """
-    from rewardhub.config import load_config
-    from rewardhub.plugins import register_verifier_file
-    from rewardhub.reward_resolution import check_reward_spec
-
-    cfg = load_config(cls, args, presets) if presets is not None else load_config(cls, args)
-    for file in cfg.verifier_files:
-        register_verifier_file(file)
-    if cfg.reward:
-        check_reward_spec(cfg.reward)
-    return cfg
+    values = dict(vars(args))
+    config = values.pop("config", None)
+    return load_settings(cls, values, config, presets)

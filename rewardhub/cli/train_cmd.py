@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rewardhub.config import RL_PRESETS, DPOConfig, RLConfig, add_flags, read_yaml
 from rewardhub.tiny_model import BUILTIN_TINY
 
@@ -31,56 +29,18 @@ def chosen_algo(args) -> str:
 
 
 def run(args) -> int:
+    from rewardhub.api import train_with_reward
     from rewardhub.cli.common import console, load_reward_config, print_outputs, print_summary
-    from rewardhub.reward_resolution import build_reward, check_reward_spec, reward_spec_of
 
     dpo = chosen_algo(args) == "dpo"
     # The preset is the RL demonstration's; DPO keeps DPOConfig's own defaults (the help says so).
     cfg = load_reward_config(DPOConfig, args) if dpo else load_reward_config(RLConfig, args, RL_PRESETS)
-    if dpo:
-        from rewardhub.recipes.dpo import DPO_FALLBACK_REWARD as fallback
-    else:
-        from rewardhub.recipes.rl import RL_FALLBACK_REWARD as fallback
-    cfg.reward = reward_spec_of(cfg, fallback)
-    check_reward_spec(cfg.reward)  # fail fast: before any model or dataset is loaded
-    provider = build_reward(cfg.reward, cfg.reward_args)
-    try:
-        if dpo:
-            from rewardhub.recipes.dpo import train_dpo
-
-            final = train_dpo(cfg, provider=provider,
-                              announce=lambda line: console.print(line, markup=False, soft_wrap=True))
-        else:
-            final = _train_rl_stages(cfg, provider, console)
-        print_summary(f"{cfg.algo} finished", final)
-        if not dpo:
-            _print_outcome(cfg, final, console)
-        print_outputs(cfg.out, final)
-        return 0
-    finally:
-        provider.close()
-
-
-def _train_rl_stages(cfg: RLConfig, provider, console) -> dict:
-    """The ReFT shape: an optional SFT warm-up stage, then RL against the provider; a banner per stage.
-
-    The run directory is claimed (and its run.json checked) with the settings as given, before the warm-up.
-    """
-    from rewardhub.recipes.rl import train_rl
-    from rewardhub.recipes.warmup import check_warmup_data, sft_warmup
-    from rewardhub.run_dir import claim
-
-    stages = 2 if cfg.sft_warmup_steps else 1
-    if cfg.sft_warmup_steps:
-        check_warmup_data(cfg)  # before the run directory is touched
-    with claim(cfg):
-        if cfg.sft_warmup_steps:
-            console.print(f"[bold]stage 1/2: SFT warm-up, {cfg.sft_warmup_steps} steps on {cfg.data} -> "
-                          f"{Path(cfg.out) / 'sft-warmup'}[/]", soft_wrap=True)
-            cfg.model = sft_warmup(cfg, provider)
-        console.print(f"[bold]stage {stages}/{stages}: {cfg.algo.upper()} against {cfg.reward}, {cfg.max_steps} "
-                      f"steps from {cfg.model} -> {cfg.out}[/]", soft_wrap=True)
-        return train_rl(cfg, provider=provider)
+    final = train_with_reward(cfg)
+    print_summary(f"{cfg.algo} finished", final)
+    if not dpo:
+        _print_outcome(cfg, final, console)
+    print_outputs(cfg.out, final)
+    return 0
 
 
 def _print_outcome(cfg: RLConfig, final: dict, console) -> None:
