@@ -6,9 +6,7 @@ Run: python examples/grpo_custom_reward.py [--steps 40] [--out runs/grpo-sevens]
 
 import argparse
 
-from rewardhub.config import RLConfig
-from rewardhub.recipes.rl import train_rl
-from rewardhub.reward_resolution import FunctionReward
+import rewardhub
 
 
 def sevens(completion: str, row: dict) -> float:
@@ -20,10 +18,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default="runs/grpo-sevens")
     args = parser.parse_args()
-    cfg = RLConfig(algo="grpo", reward="sevens", model="builtin:tiny-llama", data="arithmetic", max_steps=args.steps,
-                   batch_size=4, num_generations=4, max_new_tokens=8, lr=3e-3, lr_scheduler="constant",
-                   warmup_ratio=0.0, log_every=5, eval_size=32, save_every=0, out=args.out, resume=False)
-    final = train_rl(cfg, provider=FunctionReward(sevens))
+    # overwrite=True: each run of the example starts over in --out (a rerun would otherwise resume it)
+    result = rewardhub.train(algo="grpo", reward=sevens, model="builtin:tiny-llama", data="arithmetic",
+                             max_steps=args.steps, sft_warmup_steps=0, batch_size=4, num_generations=4,
+                             max_new_tokens=8, lr=3e-3, lr_scheduler="constant", warmup_ratio=0.0, log_every=5,
+                             eval_size=32, save_every=0, out=args.out, overwrite=True)
+    final = result.metrics
     print(f"held-out reward: {final['before/reward_mean']:.2f} before, {final['after/reward_mean']:.2f} after")
 
 

@@ -92,8 +92,9 @@ def settle(out: Path, cfg: Any, write: bool = True) -> dict[str, Any]:
     leftovers = outputs_in(out)
     if cfg.overwrite:
         if write and (saved or unreadable or leftovers):
+            held = describe(out, saved)
             _delete_run(out)
-            print(f"--overwrite: deleted the previous run in {out} ({describe(out, saved)})", flush=True)
+            print(f"--overwrite: deleted the previous run in {out} ({held})", flush=True)
         return _write(out, now, write)
     if not leftovers:  # a new run, or one that stopped before it trained or logged anything
         return _write(out, now, write)
