@@ -6,6 +6,10 @@ Formats (columns):
   preferences; ``messages``: conversational, rendered with the tokenizer's chat template; ``text``: plain LM;
   ``prompt`` + ``completion`` + a boolean ``label``: unpaired preferences (KTO), recognised so that DPO can
   refuse it by name (no recipe trains on it).
+- ``chosen`` + ``rejected`` without ``prompt``: preferences with an *implicit prompt*, the text (or the leading
+  messages) both replies share. :func:`with_explicit_prompts` turns such rows into prompt/chosen/rejected rows,
+  as TRL's ``maybe_extract_prompt`` does; every reader of preference data (DPO, reward-model training and its
+  eval/calibration data, ``feedback import``) applies it.
 - A prompt or completion may be a string (standard) or a list of ``{"role", "content"}`` messages
   (conversational).
 
@@ -25,6 +29,7 @@ from rewardhub.errors import DataError
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 FORMATS = {
     "preference": ("prompt", "chosen", "rejected"),
+    "implicit_preference": ("chosen", "rejected"),
     "unpaired_preference": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
@@ -34,6 +39,7 @@ FORMATS = {
 #: what each format is called in messages
 FORMAT_NAMES = {
     "preference": "the preference format",
+    "implicit_preference": "the preference format with an implicit prompt",
     "unpaired_preference": "the unpaired (KTO) format",
     "prompt_completion": "the prompt-completion (SFT) format",
     "messages": "the conversational (messages) format",
@@ -279,6 +285,91 @@ def require_columns(ds, needed: Sequence[str], purpose: str, non_empty: bool = F
         if empty:
             present = [k for k, v in ds[i].items() if v is not None]
             raise DataError(f"row {i} lacks {empty} needed for {purpose}; that row has columns {present}")
+
+
+#: what the user is told when implicit prompts were extracted
+IMPLICIT_PROMPT_NOTE = "chosen/rejected with an implicit prompt: extracted as the longest common prefix"
+
+
+def has_implicit_prompt(columns: Sequence[str]) -> bool:
+    """Whether data with these columns is preference data whose prompt is implicit (chosen/rejected, no prompt)."""
+    return "chosen" in columns and "rejected" in columns and "prompt" not in columns
+
+
+def extract_prompt(chosen: Any, rejected: Any, where: str = "row") -> tuple[Any, Any, Any]:
+    """``(prompt, chosen, rejected)`` of a preference row whose prompt is implicit in both replies.
+
+    Conversational (message lists): the prompt is the longest run of leading messages the two share, leaving
+    each reply at least one message; this is TRL's ``extract_prompt``. Standard (strings): the longest common
+    prefix, cut back to the last whitespace where both replies go on, the whitespace going with the replies
+    (``"The sky is blue."`` / ``"The sky is green."`` -> ``"The sky is"``, ``" blue."``, ``" green."``, as in
+    TRL's docs). TRL cuts strings character by character, so that ``"... is blue"`` / ``"... is black"``
+    would give the prompt ``"... is b"``; cutting at a word boundary keeps words whole.
+
+    Raises:
+        DataError: naming ``where``, when a reply is missing, the two are of different kinds, or they share
+            no leading message (conversational) or no leading words (standard) to take as the prompt.
+    """
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is None:
+            raise DataError(f"{where}: `{key}` is missing; a preference row needs chosen and rejected")
+    if is_conversational(chosen) and is_conversational(rejected):
+        n, last = 0, min(len(chosen), len(rejected)) - 1
+        while n < last and chosen[n] == rejected[n]:
+            n += 1
+        if n == 0:
+            raise DataError(f"{where}: no `prompt`, and the chosen and rejected conversations share no leading "
+                            "message to take as the prompt (the implicit prompt is the messages both start "
+                            "with); add a `prompt` column")
+        return list(chosen[:n]), list(chosen[n:]), list(rejected[n:])
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+        raise DataError(f"{where}: no `prompt`, and chosen/rejected are not both strings or both message lists "
+                        f"(got {type(chosen).__name__} and {type(rejected).__name__}); the prompt cannot be "
+                        "extracted")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    cut = next((k for k in range(min(n, len(chosen) - 1, len(rejected) - 1), 0, -1)
+                if chosen[k].isspace() and rejected[k].isspace()), 0)
+    while cut > 0 and chosen[cut - 1].isspace():
+        cut -= 1
+    if cut == 0:
+        raise DataError(f"{where}: no `prompt`, and chosen and rejected share no leading words to take as the "
+                        f"prompt (chosen {_clip(chosen)}, rejected {_clip(rejected)}; the implicit prompt is "
+                        "their longest common prefix, cut at a word boundary); add a `prompt` column")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def with_explicit_prompts(ds):
+    """``ds`` with every implicit prompt made explicit (:func:`extract_prompt`); other data passes unchanged.
+
+    A row needs it when the data has chosen/rejected and no ``prompt`` column, or its ``prompt`` is empty
+    (null), as TRL's ``maybe_extract_prompt`` does per row. Other columns (``margin``, ...) are kept. ``None``
+    (no data) passes through.
+
+    Raises:
+        DataError: naming the first row whose prompt cannot be extracted.
+    """
+    if ds is None or "chosen" not in ds.column_names or "rejected" not in ds.column_names:
+        return ds
+    if "prompt" in ds.column_names and all(p is not None for p in ds["prompt"]):
+        return ds
+
+    import datasets
+
+    columns = ds.to_dict()
+    prompts = columns.get("prompt") or [None] * len(ds)
+    triples = [(p, c, r) if p is not None else extract_prompt(c, r, f"row {i}")
+               for i, (p, c, r) in enumerate(zip(prompts, columns["chosen"], columns["rejected"]))]
+    explicit = dict(zip(("prompt", "chosen", "rejected"), map(list, zip(*triples)))) if triples else {}
+    try:  # prompt first, as in TRL's format; the other columns as they were
+        return datasets.Dataset.from_dict({**explicit, **{k: v for k, v in columns.items() if k not in explicit}})
+    except Exception as exc:  # e.g. prompts that are strings in some rows and message lists in others
+        raise DataError(f"cannot extract the implicit prompts: {type(exc).__name__}: {exc}") from exc
 
 
 def is_conversational(value: Any) -> bool:

@@ -143,3 +143,67 @@ def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, str]:
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def describe_options(target: Callable) -> list[dict[str, Any]]:
+    """The options ``target`` declares, as :func:`bind_options` reads them, with the help its docstring gives.
+
+    Args:
+        target: a class (its ``__init__``'s parameters; help from the ``Args:`` section of the class or
+            ``__init__`` docstring, where ``a, b: text`` documents both) or a function.
+
+    Returns:
+        One dict per option, in declaration order: ``name``, ``type`` (as in error messages), ``required``,
+        ``default`` (None when required; tuples as lists) and ``help`` ("" when undocumented).
+    """
+    fn = target.__init__ if isinstance(target, type) else target
+    signature = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    docs = docstring_args(inspect.getdoc(fn) or "")
+    if isinstance(target, type):  # the class docstring documents the constructor's arguments
+        docs.update(docstring_args(inspect.getdoc(target) or ""))
+    options = []
+    for name, p in signature.parameters.items():
+        if name == "self" or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        required = p.default is inspect.Parameter.empty
+        default = None if required else p.default
+        options.append({"name": name, "type": type_name(hints.get(name, p.annotation)), "required": required,
+                        "default": list(default) if isinstance(default, tuple) else default,
+                        "help": docs.get(name, "")})
+    return options
+
+
+def docstring_args(doc: str) -> dict[str, str]:
+    """``{name: help}`` from a Google-style ``Args:`` section (continuation lines joined; ``a, b:`` both)."""
+    lines = doc.expandtabs().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() in ("Args:", "Arguments:", "Parameters:")), None)
+    if start is None:
+        return {}
+    base = len(lines[start]) - len(lines[start].lstrip())
+    entries: list[tuple[list[str], list[str]]] = []
+    indent = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth <= base:
+            break  # the next section
+        if indent is None:
+            indent = depth
+        names, sep, text = line.strip().partition(":")
+        if depth == indent and sep and all(n.strip().isidentifier() for n in names.split(",")):
+            entries.append(([n.strip() for n in names.split(",")], [text.strip()]))
+        elif entries:
+            entries[-1][1].append(line.strip())
+    return {name: _plain(" ".join(t for t in text if t)) for names, text in entries for name in names}
+
+
+def _plain(text: str) -> str:
+    """reST markup as a terminal shows it: ``x`` and :meth:`x` -> `x`."""
+    import re
+
+    return re.sub(r":\w+:`([^`]+)`", r"`\1`", text).replace("``", "`")

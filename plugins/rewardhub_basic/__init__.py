@@ -15,6 +15,11 @@ from rewardhub import Reward, RewardProvider, Sample, Status, hookimpl
 class ExactMatch(RewardProvider):
     """1.0 when the completion (stripped) equals the row's gold answer, else 0.0 (status ``wrong``).
 
+    Args:
+        column: the row column holding the gold answer.
+        case_sensitive: compare case too (false: lower-case both first).
+        first_line: compare only the completion's first line (the rest is ignored).
+
     Example:
         >>> ExactMatch()([Sample("2+2=", " 4 ", {"answer": 4})])[0].value
         1.0
@@ -50,6 +55,11 @@ class ExactMatch(RewardProvider):
 
 class Length(RewardProvider):
     """Length shaping: ``-len/scale`` (shorter is better), or ``-|len - target|/scale`` with a target.
+
+    Args:
+        target: the length to aim for; unset: shorter is better.
+        scale: lengths per unit of reward (must be > 0).
+        unit: count ``chars`` or whitespace-separated ``words``.
 
     Example:
         >>> Length(scale=10)([Sample("p", "abcde")])[0].value

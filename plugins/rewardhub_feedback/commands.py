@@ -71,9 +71,11 @@ def add_feedback_parser(sub):
                         "creating the store if it does not exist. Stop with Ctrl-C.")
     i = fsub.add_parser("import", help="import preference pairs (prompt/chosen/rejected)",
                         description="Import preference rows in TRL's format (prompt, chosen, rejected; strings or "
-                        "message lists) into a store, creating it if needed. SOURCE is a .jsonl file (errors name "
-                        "the line), another data file, or a registered task such as arithmetic-preferences. Extra "
-                        "columns are kept as metadata. All rows are checked first: one bad row imports nothing.")
+                        "message lists; without a prompt, the implicit prompt is extracted as the longest common "
+                        "prefix of chosen and rejected) into a store, creating it if needed. SOURCE is a .jsonl file "
+                        "(errors name the line), another data file, or a registered task such as "
+                        "arithmetic-preferences. Extra columns are kept as metadata. All rows are checked first: one "
+                        "bad row imports nothing.")
     e = fsub.add_parser("export", help="write the pairs as JSONL (TRL preference format)",
                         description="Write the store's pairs as JSONL with prompt/chosen/rejected, one row per "
                         "labelled pair in the majority's direction (what DPO trains on). --raw writes every stored "

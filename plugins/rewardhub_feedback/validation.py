@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from rewardhub.data import extract_prompt
 from rewardhub.errors import DataError
 
 #: Columns of a raw export row that the import maps back to their own store columns (the rest is metadata).
@@ -126,23 +127,6 @@ def decode_field(fmt: str, value: str):
     return json.loads(value) if fmt == "chat" else value
 
 
-def split_implicit_prompt(row: Mapping[str, Any], where: str) -> tuple[Any, Any, Any]:
-    """TRL's implicit-prompt rows (no ``prompt``; chosen/rejected are whole conversations): the shared
-    leading messages are the prompt, the rest are the replies."""
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    if not (is_messages(chosen) and is_messages(rejected)):
-        raise DataError(f"{where}: no `prompt`; a preference row needs prompt, chosen and rejected (or, "
-                        f"conversational, chosen/rejected conversations sharing their first messages); "
-                        f"the row has {sorted(row)}")
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
-    if n == 0:
-        raise DataError(f"{where}: no `prompt`, and the chosen and rejected conversations share no leading "
-                        "message to use as the prompt; add a `prompt` column")
-    return list(chosen[:n]), list(chosen[n:]), list(rejected[n:])
-
-
 def comparison_from_row(row: Any, where: str, annotator: str, source: str) -> dict[str, Any]:
     """A preference row (TRL format, or a raw export row) -> the store's column values, validated.
 
@@ -154,7 +138,8 @@ def comparison_from_row(row: Any, where: str, annotator: str, source: str) -> di
     if "prompt" in row and row["prompt"] is not None:
         prompt, chosen, rejected = row["prompt"], row.get("chosen"), row.get("rejected")
     else:
-        prompt, chosen, rejected = split_implicit_prompt(row, where)
+        # TRL's implicit prompt: the text (or leading messages) chosen and rejected share, as the core extracts it
+        prompt, chosen, rejected = extract_prompt(row.get("chosen"), row.get("rejected"), where)
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
             raise DataError(f"{where}: `{key}` is missing; the row has {sorted(row)}")

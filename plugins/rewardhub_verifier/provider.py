@@ -38,6 +38,29 @@ BUILTIN_CHECKERS = ("math", "code", "program")
 class VerifierReward(RewardProvider):
     """Programmatic reward: math answers, code tests, or user-written verifiers, chosen per row.
 
+    Args:
+        checker: one checker for every row (``math``, ``code``, ``program`` or a registered verifier); default:
+            chosen per row (the ``verifier`` column, else ``math`` for an answer, ``code`` for tests).
+        answer_column: the row column holding the reference answer (math, program).
+        tests_column: the row column holding the code tests.
+        verifier_column: the row column naming a row's checker.
+        correct: reward for a right answer (code: times the share of tests passed).
+        wrong: reward for an answer that was extracted but is wrong.
+        no_answer: reward when no answer could be extracted.
+        math_timeout_s: seconds per math check before it is killed (status ``timeout``).
+        code_timeout_s: seconds per code sample (solution + all its tests) in the sandbox.
+        code_memory_mb: address-space limit per code sample.
+        workers: sandbox worker processes (one sample each at a time); ~ the cores to use.
+        partial_credit: code that fails some tests gets ``correct`` times the share passed (false: 0).
+        sandbox: ``bwrap`` (bubblewrap, refused without it), ``auto`` (the same) or ``unsafe-local``
+            (no bubblewrap: rlimits and a uid drop only).
+        entry_point_column: the row column naming the function HumanEval's ``check(candidate)`` tests.
+        fn_name_column: the row column naming the function of call-based input/output tests.
+        io_compare: how stdin/stdout tests compare outputs: ``lines`` (trailing spaces and blank lines
+            ignored), ``tokens`` (whitespace-split) or ``exact``.
+        io_float_tol: numeric tolerance when comparing output tokens (0: exact tokens).
+        code_time_limit_s: time limit per input/output test; default ``code_timeout_s``.
+
     Example:
         >>> v = VerifierReward()
         >>> [r.value for r in v([Sample("2+2=", "4", {"answer": "4"}), Sample("2+2=", "5", {"answer": "4"})])]

@@ -21,8 +21,9 @@ SHOWN_BAD_ROWS = 5
 def add_parser(sub):
     p = sub.add_parser("score", help="score a dataset's completion column with a reward provider",
                        description="Score each row's `completion` (with its `prompt` if present) using a reward "
-                       "provider; write every row's reward, status and detail to a JSONL file and print a summary. "
-                       "A row that cannot be scored is written with status `error` and counted; the rest are scored.")
+                       "provider; write every row's prompt, completion, reward, status and detail to a JSONL file "
+                       "and print a summary. A row that cannot be scored is written with status `error` and "
+                       "counted; the rest are scored.")
     add_flags(p, ScoreConfig)
     return p
 
@@ -139,9 +140,13 @@ def _where(item: ScoreRow) -> str:
 
 
 def _record(item: ScoreRow, r) -> dict[str, Any]:
+    """One output line: where the row was, what was scored (its prompt and completion as given, None when
+    absent), then reward, status, detail (and the parts of a weighted reward)."""
     record: dict[str, Any] = {"index": item.index}
     if item.line is not None:
         record["line"] = item.line
+    row = item.row if isinstance(item.row, Mapping) else {}
+    record.update(prompt=row.get("prompt"), completion=row.get("completion"))
     if item.problem is not None:
         return {**record, "reward": None, "status": r.status.value, "detail": r.detail}
     return {**record, "reward": r.value, "status": r.status.value, "detail": r.detail,

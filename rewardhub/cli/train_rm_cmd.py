@@ -8,10 +8,12 @@ from rewardhub.config import RewardModelConfig, add_flags, load_config
 
 def add_parser(sub):
     p = sub.add_parser("train-rm", help="train a reward model on prompt/chosen/rejected pairs (Bradley-Terry)",
-                       description="Train a one-output sequence classifier on preference pairs with the "
-                       "Bradley-Terry loss (optional margin column, optional centring). Reports held-out pairwise "
-                       "accuracy and stores score calibration next to the model, so `rewardhub train "
-                       "--reward=reward-model --reward-arg path=OUT/model` gets scores with mean 0 / std 1.")
+                       description="Train a one-output sequence classifier on preference pairs (prompt, "
+                       "chosen, rejected; or chosen/rejected with an implicit prompt, extracted as their longest "
+                       "common prefix) with the Bradley-Terry loss (optional margin column, optional centring). "
+                       "Reports held-out pairwise accuracy and stores score calibration next to the model, so "
+                       "`rewardhub train --reward=reward-model --reward-arg path=OUT/model` gets scores with "
+                       "mean 0 / std 1.")
     add_flags(p, RewardModelConfig)
     return p
 

@@ -40,13 +40,16 @@ from typing import Any, NamedTuple
 from rewardhub.config import DPOConfig
 from rewardhub.data import (
     FORMATS,
+    IMPLICIT_PROMPT_NOTE,
     _split_chat,
     describe_format,
     find_format,
+    has_implicit_prompt,
     is_conversational,
     load_rows,
     render_prompt,
     require_columns,
+    with_explicit_prompts,
 )
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
 from rewardhub.errors import ConfigError, DataError, RewardProviderError, TrainingError
@@ -304,7 +307,8 @@ class DPO:
         state = DPOState(cfg, accelerator, model, tokenizer, None, self.provider, cfg.loss_type == "ipo",
                          train_rows=self.train_rows)
         if source != "provider" or cfg.eval_data:
-            state.eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
+            state.eval_rows = with_explicit_prompts(
+                load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size))
         if source == "online":  # the training prompts were checked by resolve_pair_source
             if state.eval_rows is not None:
                 require_columns(state.eval_rows, ["prompt"], "online DPO evaluation", non_empty=True)
@@ -394,8 +398,9 @@ def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None) -> Pair
 
     ``auto`` takes a provider that stores preferences (``--reward=human``) first: naming it is the user's
     choice of pairs, while ``--data`` may just be the default task. Then the data's format
-    (:func:`rewardhub.data.find_format`): preference rows are the pairs; prompts (with or without SFT
-    completions) are sampled and ranked online. Data that is neither, such as unpaired (KTO)
+    (:func:`rewardhub.data.find_format`): preference rows are the pairs (chosen/rejected without a prompt,
+    TRL's implicit prompt, get it extracted first: :func:`rewardhub.data.with_explicit_prompts`); prompts (with
+    or without SFT completions) are sampled and ranked online. Data that is neither, such as unpaired (KTO)
     prompt/completion/label rows, is refused by name, before any model loads.
 
     Raises:
@@ -410,12 +415,15 @@ def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None) -> Pair
     if len(rows) == 0:
         raise DataError(f"--data {cfg.data} has no rows; DPO needs pairs (prompt, chosen, rejected), or prompts "
                         "to sample and rank (--pairs online)")
+    implicit = has_implicit_prompt(rows.column_names)
+    rows = with_explicit_prompts(rows)  # chosen/rejected without a prompt: TRL's implicit prompt, made explicit
     fmt = find_format(rows.column_names, rows)
     ranked = f"online, ranked by {'pairwise compare() of ' if cfg.rank_with == 'compare' else ''}{ranker}"
     if cfg.pairs == "online":
         require_columns(rows, ["prompt"], "online DPO", non_empty=True)
-        ignored = _ignored(fmt)
-        return PairSource("online", rows, f"pairs: {ranked} (--pairs online{'; ' + ignored if ignored else ''})")
+        extracted = "the prompts extracted from chosen/rejected (an implicit prompt)" if implicit else ""
+        notes = [n for n in (extracted, _ignored(fmt)) if n]
+        return PairSource("online", rows, f"pairs: {ranked} (--pairs online{''.join('; ' + n for n in notes)})")
     has_pairs = all(c in rows.column_names for c in ("chosen", "rejected"))
     if not has_pairs and fmt not in (None, "preference") and (
             cfg.pairs == "dataset" or fmt == "unpaired_preference" or "prompt" not in rows.column_names):
@@ -423,7 +431,10 @@ def resolve_pair_source(cfg: DPOConfig, provider: RewardProvider | None) -> Pair
     if cfg.pairs == "dataset" or has_pairs:
         require_columns(rows, ["prompt", "chosen", "rejected"],
                         "DPO with --pairs dataset" if cfg.pairs == "dataset" else "DPO on preference data")
-        why = "--pairs dataset" if cfg.pairs == "dataset" else "--data has prompt/chosen/rejected columns"
+        if implicit:
+            why = ("--pairs dataset; " if cfg.pairs == "dataset" else "") + f"--data has {IMPLICIT_PROMPT_NOTE}"
+        else:
+            why = "--pairs dataset" if cfg.pairs == "dataset" else "--data has prompt/chosen/rejected columns"
         return PairSource("dataset", rows, f"pairs: dataset ({why})")
     if "prompt" not in rows.column_names:
         raise DataError(f"DPO data {cfg.data!r} has neither chosen/rejected columns (offline pairs) nor a prompt "

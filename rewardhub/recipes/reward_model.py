@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardhub.config import RewardModelConfig
-from rewardhub.data import load_rows, require_columns
+from rewardhub.data import load_rows, require_columns, with_explicit_prompts
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
 from rewardhub.errors import DataError
 from rewardhub.evaluation import load_eval_rows
@@ -140,9 +140,11 @@ class RewardModel:
 
     def setup(self, accelerator) -> RewardModelState:
         cfg = self.cfg
-        train_rows = load_rows(cfg.data, "train", cfg.data_args, cfg.column_map)  # before the model
+        # before the model; chosen/rejected without a prompt (TRL's implicit prompt) get it extracted
+        train_rows = with_explicit_prompts(load_rows(cfg.data, "train", cfg.data_args, cfg.column_map))
         require_columns(train_rows, ["prompt", "chosen", "rejected"], "reward-model training")
-        eval_rows = load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size)
+        eval_rows = with_explicit_prompts(
+            load_eval_rows(cfg.data, cfg.eval_data, cfg.data_args, cfg.column_map, cfg.eval_size))
         tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
         model = load_model(cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
                            lora=LoraOptions.of(cfg), tokenizer=tokenizer,
@@ -244,7 +246,8 @@ def calibrate(model, tokenizer, cfg: RewardModelConfig, train_rows, device) -> d
     """Mean and std of the scores over the chosen and rejected replies of the calibration pairs."""
     rows, source = train_rows, "train"
     if cfg.calibration_data:
-        rows, source = load_rows(cfg.calibration_data, "train", None, cfg.column_map), cfg.calibration_data
+        rows = with_explicit_prompts(load_rows(cfg.calibration_data, "train", None, cfg.column_map))
+        source = cfg.calibration_data
         require_columns(rows, ["prompt", "chosen", "rejected"], "reward-model calibration")
     if cfg.calibration_size and len(rows) > cfg.calibration_size:
         rows = rows.select(range(cfg.calibration_size))
