@@ -2,7 +2,10 @@
 
 A spec is a registered name (``verifier``), a weighted mix (``verifier=1.0,length=0.1``) or an import path
 (``my_pkg.rewards:Brevity``, or ``path/to/file.py:my_fn``) naming a provider class, a provider instance or a
-plain function ``(completion, row) -> float | bool | None``.
+plain function: per sample, ``(completion, row) -> float | bool | None``, or batched in TRL's ``GRPOTrainer``
+form, ``(prompts, completions, **kwargs) -> list[float | None]`` (told apart by the signature, see
+:func:`is_trl_reward_function`). From Python, :func:`build_reward` also takes the objects themselves: a
+function, a provider, a list of them (TRL's ``reward_funcs``) or a mapping of them to weights.
 
 :func:`check_reward_spec` resolves every name without building anything, so a typo fails before a model is
 loaded, with the list of what is available.
@@ -10,16 +13,19 @@ loaded, with the list of what is available.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import math
+import numbers
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rewardhub.errors import ConfigError, UnknownNameError
+from rewardhub.errors import ConfigError, RewardProviderError, UnknownNameError
 from rewardhub.options import bind_options
 from rewardhub.plugins import Registry, build_registry, load_python_file
 from rewardhub.rewards import FAILURE_STATUSES, Reward, RewardProvider, Sample, Status, as_reward
@@ -143,15 +149,71 @@ def reward_spec_of(cfg: Any, fallback: str | None) -> str | None:
     return cfg.reward or task_reward(getattr(cfg, "data", None)) or fallback
 
 
-def build_reward(spec: str, args: Mapping[str, Any] | None = None, registry: Registry | None = None) -> RewardProvider:
-    """Build the provider for ``spec`` with its options (a single provider, or a :class:`WeightedReward`)."""
+def build_reward(spec: str | Any, args: Mapping[str, Any] | None = None,
+                 registry: Registry | None = None) -> RewardProvider:
+    """Build the provider for ``spec`` with its options (a single provider, or a :class:`WeightedReward`).
+
+    ``spec`` is a ``--reward`` string, or (from Python) the objects themselves: a function (per sample or
+    TRL-style), a provider instance or class, a list of them (weight 1 each, like TRL's ``reward_funcs``), or a
+    mapping of them (or of ``--reward`` names) to weights::
+
+        build_reward(my_trl_fn)                       # TRL: GRPOTrainer(reward_funcs=my_trl_fn)
+        build_reward([fmt_fn, "verifier"])            # TRL: reward_funcs=[fmt_fn, ...], weights 1
+        build_reward({my_trl_fn: 1.0, "length": 0.1}) # --reward="file.py:my_trl_fn=1.0,length=0.1"
+    """
     registry = registry or build_registry()
+    if not isinstance(spec, str):
+        return _build_objects(spec, args or {}, registry)
     terms = check_reward_spec(spec, registry)
     routed = split_reward_args(args or {}, terms)
     built = [(t, _build_one(t.name, routed[t.name], registry)) for t in terms]
     if len(built) == 1 and built[0][0].weight == 1.0:
         return built[0][1]
     return WeightedReward(built)
+
+
+def _build_objects(spec: Any, args: Mapping[str, Any], registry: Registry) -> RewardProvider:
+    """:func:`build_reward` for Python objects: one, a list (weights 1) or a mapping to weights."""
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    elif isinstance(spec, (list, tuple)):
+        items = [(obj, 1.0) for obj in spec]
+    else:
+        items = [(spec, 1.0)]
+    if not items:
+        raise ConfigError("build_reward got an empty list of rewards; give at least one function or provider")
+    terms, objects, problems = [], [], []
+    for obj, weight in items:
+        name = obj if isinstance(obj, str) else _object_name(obj)
+        if isinstance(obj, str) and not is_import_path(obj):
+            registry.get("reward", obj)  # an unknown name fails here, with the list of names
+        if any(t.name == name for t in terms):
+            problems.append(f"build_reward names {name!r} twice")
+            continue
+        try:
+            terms.append(RewardTerm(name, float(weight)))
+        except (TypeError, ValueError):
+            problems.append(f"build_reward: weight {weight!r} of {name!r} is not a number")
+            continue
+        objects.append(obj)
+    if problems:
+        raise ConfigError(problems, header="invalid reward")
+    routed = split_reward_args(args, terms)
+    built = []
+    for term, obj in zip(terms, objects):
+        if isinstance(obj, str):
+            built.append((term, _build_one(obj, routed[term.name], registry)))
+        else:
+            built.append((term, provider_of(obj, term.name, routed[term.name])))
+    if len(built) == 1 and built[0][0].weight == 1.0:
+        return built[0][1]
+    return WeightedReward(built)
+
+
+def _object_name(obj: Any) -> str:
+    if isinstance(obj, RewardProvider):
+        return obj.name or type(obj).__name__
+    return getattr(obj, "__name__", None) or type(obj).__name__
 
 
 def _build_one(name: str, options: Mapping[str, Any], registry: Registry) -> RewardProvider:
@@ -172,11 +234,34 @@ def provider_of(obj: Any, name: str, options: Mapping[str, Any] | None = None) -
     elif callable(obj):
         if options:
             raise ConfigError(f"reward {name!r} is a plain function and takes no options (got {sorted(options)})")
-        provider = FunctionReward(obj)
+        provider = reward_function(obj)
     else:
         raise ConfigError(f"reward {name!r} is a {type(obj).__name__}, not a RewardProvider class or function")
     provider.name = provider.name or name
     return provider
+
+
+def reward_function(fn: Callable) -> RewardProvider:
+    """A plain function as a provider: :class:`TRLFunctionReward` when :func:`is_trl_reward_function` says it is
+    batched in TRL's form, else the per-sample :class:`FunctionReward`."""
+    return TRLFunctionReward(fn) if is_trl_reward_function(fn) else FunctionReward(fn)
+
+
+def is_trl_reward_function(fn: Callable) -> bool:
+    """Whether ``fn`` is a batched TRL reward function rather than a per-sample ``(completion, row)`` one.
+
+    TRL calls a reward function by keyword (``prompts=..., completions=..., completion_ids=..., **columns``), so
+    a TRL function names ``prompts`` or ``completions``, or takes only keywords (``def f(**kwargs)``); a
+    per-sample function takes the completion and the row positionally, under other names.
+    """
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: treat as per sample, as before
+        return False
+    if "prompts" in params or "completions" in params:
+        return True
+    keyword_only = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return bool(params) and all(p.kind in keyword_only for p in params.values())
 
 
 class FunctionReward(RewardProvider):
@@ -201,6 +286,129 @@ class FunctionReward(RewardProvider):
             except Exception as exc:
                 out.append(Reward.failed(Status.ERROR, f"{type(exc).__name__}: {exc}"))
         return out
+
+
+#: The arguments TRL's ``GRPOTrainer`` passes every reward function besides the dataset columns; columns of
+#: these names are not passed (TRL leaves out the ``prompt``, ``completion`` and ``completion_ids`` columns too).
+TRL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+_NOT_COLUMNS = frozenset({"prompt", "completion", *TRL_ARGUMENTS})
+
+
+class TRLFunctionReward(RewardProvider):
+    """A TRL-style batched reward function ``f(prompts, completions, **kwargs) -> list[float | None]``.
+
+    Called once per batch, by keyword, as ``GRPOTrainer`` calls it:
+
+    * ``prompts``: each row's ``prompt`` column as the data holds it (a string, or a list of messages for
+      conversational data); the rendered prompt when a row has no ``prompt`` column.
+    * ``completions``: the generated texts; for conversational prompts, ``[{"role": "assistant",
+      "content": text}]`` per completion, as TRL does.
+    * ``completion_ids``: the sampled token ids, EOS included (:attr:`Sample.completion_ids`; ``None`` for a
+      completion that was not sampled token by token: held-out evaluation, ``rewardhub score``, DPO).
+    * every other column of the rows, as a keyword holding the list of its values (``None`` where a row lacks it).
+    * ``trainer_state``: ``None`` (rewardhub has no transformers ``TrainerState``); ``log_metric(name, value)``:
+      logged as ``provider/log/NAME``; ``log_extra(column, values)``: accepted and ignored.
+
+    A function with ``**kwargs`` gets all of them; otherwise only those its signature names. The result must be
+    one value per completion: a number (a bool is 1/0 as for per-sample functions), or ``None`` (or NaN) for
+    "no reward for this sample", which becomes a failed reward (status ``error``) that training masks out of
+    the update and counts towards ``--max-failure-rate``. A result of the wrong length or a value that is not a
+    number is a :class:`~rewardhub.errors.RewardProviderError` naming the function; an exception the function
+    raises fails the batch's rewards (status ``error``, with the exception text).
+    """
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+        self.name = getattr(fn, "__name__", None) or type(fn).__name__
+        params = inspect.signature(fn).parameters
+        self._takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        self._named = {n for n, p in params.items()
+                       if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+        self._required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                          and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        self._logged: dict[str, list[float]] = {}
+
+    @property
+    def label(self) -> str:
+        return f"TRL-style reward function {self.name!r}"
+
+    def arguments(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """The keyword arguments one call gets for ``samples`` (every one TRL passes; see the class doc)."""
+        prompts = [s.row.get("prompt", s.prompt) for s in samples]
+        completions: list[Any] = [s.completion for s in samples]
+        if prompts and isinstance(prompts[0], list):  # conversational, as TRL's is_conversational decides
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        columns: dict[str, None] = {}
+        for s in samples:
+            columns.update(dict.fromkeys(k for k in s.row if k not in _NOT_COLUMNS))
+        kwargs: dict[str, Any] = {
+            "prompts": prompts, "completions": completions,
+            "completion_ids": [None if s.completion_ids is None else list(s.completion_ids) for s in samples],
+            **{k: [s.row.get(k) for s in samples] for k in columns},
+            "trainer_state": None, "log_extra": _ignore, "log_metric": self._log_metric,
+        }
+        return kwargs if self._takes_all else {k: v for k, v in kwargs.items() if k in self._named}
+
+    def score(self, samples: Sequence[Sample]) -> list[Reward]:
+        kwargs = self.arguments(samples)
+        missing = [n for n in self._required if n not in kwargs]
+        if missing:
+            have = sorted({k for s in samples for k in s.row})
+            detail = (f"{self.label} takes {', '.join(map(repr, missing))}, which is neither a TRL argument "
+                      f"({', '.join(TRL_ARGUMENTS)}) nor a column of these rows (columns: {', '.join(have)})")
+            return [Reward.failed(Status.ERROR, detail) for _ in samples]
+        try:
+            result = self.fn(**kwargs)
+            if inspect.isawaitable(result):  # TRL accepts async reward functions too
+                result = asyncio.run(_awaited(result))
+        except Exception as exc:
+            detail = f"{self.label} raised {type(exc).__name__}: {exc}"
+            return [Reward.failed(Status.ERROR, detail) for _ in samples]
+        return [self._reward(v, i) for i, v in enumerate(self._values(result, len(samples)))]
+
+    def _values(self, result: Any, n: int) -> list[Any]:
+        if hasattr(result, "tolist") and not isinstance(result, (list, tuple)):  # numpy array, torch tensor
+            result = result.tolist()
+        if not isinstance(result, (list, tuple)):
+            raise RewardProviderError(
+                f"{self.label} returned {type(result).__name__}; it must return one reward per completion, a "
+                f"list of {n} floats (None for no reward)")
+        if len(result) != n:
+            raise RewardProviderError(
+                f"{self.label} returned {len(result)} rewards for {n} completions; it must return one per "
+                "completion, in order (None for no reward)")
+        return list(result)
+
+    def _reward(self, value: Any, index: int) -> Reward:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return Reward.failed(Status.ERROR, f"{self.label} returned {value} for this completion (TRL: no "
+                                 "reward); masked out of the update")
+        if isinstance(value, Reward):
+            return value
+        if isinstance(value, (bool, numbers.Real)):
+            return as_reward(value if isinstance(value, bool) else float(value), self.label)
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise RewardProviderError(
+            f"{self.label} returned {type(value).__name__} {shown} for completion {index}; each reward must be a "
+            "number (float, int, bool) or None")
+
+    def _log_metric(self, name: str, value: float) -> None:
+        self._logged.setdefault(str(name), []).append(float(value))
+
+    def metrics(self) -> dict[str, float]:
+        merged = super().metrics()
+        merged.update({f"log/{k}": statistics.fmean(v) for k, v in self._logged.items() if v})
+        self._logged.clear()
+        return merged
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """TRL's ``log_extra``: rewardhub's completions table has no extra columns, so it is accepted and ignored."""
+
+
+async def _awaited(result: Any) -> Any:
+    return await result
 
 
 class WeightedReward(RewardProvider):

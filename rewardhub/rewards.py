@@ -53,11 +53,15 @@ class Sample:
         prompt: the prompt as the policy saw it (rendered text).
         completion: the generated text, without the prompt and without special tokens.
         row: the dataset row the prompt came from (gold ``answer``, ``tests``, metadata, ...).
+        completion_ids: the sampled token ids of the completion (up to and including EOS) when the caller
+            sampled it token by token (RL rollouts); None where only the text is known (held-out evaluation,
+            ``rewardhub score``, DPO). TRL-style reward functions receive them as ``completion_ids``.
     """
 
     prompt: str
     completion: str
     row: Mapping[str, Any] = field(default_factory=dict)
+    completion_ids: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ def test_config_errors_are_collected(tmp_path):
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(SFTConfig, parse(["--config", str(not_mapping)]))
     with pytest.raises(ConfigError) as err:
-        build_config(SFTConfig, {"max_steps": "ten", "learning_rate": 1, "batch_size": 0})
-    text = str(err.value)
-    assert "'max_steps'" in text and "unknown option 'learning_rate'" in text
+        build_config(SFTConfig, {"max_steps": "ten", "learnin_rate": 1, "batch_size": 0})
+    text = str(err.value)  # (learning_rate itself is TRL's name for lr: tests/test_trl_aliases.py)
+    assert "'max_steps'" in text and "unknown option 'learnin_rate'" in text
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         build_config(SFTConfig, {"batch_size": 0})
 

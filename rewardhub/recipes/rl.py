@@ -244,7 +244,8 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     completions = decode(state.tokenizer, rollout)
     t1 = time.perf_counter()
     # 2. score them, once per batch
-    rewards = state.provider([Sample(p, c, r) for p, c, r in zip(prompts, completions, rows)])
+    ids = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), rollout.completion_lengths.tolist())]
+    rewards = state.provider([Sample(p, c, r, i) for p, c, r, i in zip(prompts, completions, rows, ids)])
     t2 = time.perf_counter()
     # 3. mask failed samples out of everything below; stop when too many failed
     valid = torch.tensor([r.usable for r in rewards], device=acc.device)
