@@ -307,6 +307,9 @@ def cached_model(model: Any, tokenizer: Any) -> str:
     if not hasattr(model, "save_pretrained") or not hasattr(tokenizer, "save_pretrained"):
         raise ConfigError(f"model must be a path, a hub id or a transformers model with save_pretrained; got "
                           f"{type(model).__name__}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     root = inputs_dir()
     tmp = root / f".model-{os.getpid()}-{id(model)}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -24,11 +24,7 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a directory; give a directory (it is created if missing)")
     if path.is_dir():
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"cannot write to {flag} {path}: {_reason(exc)}") from None
+        _check_writable(path, f"cannot write to {flag} {path}")
         return
     _check_can_create(path, flag)
 
@@ -40,15 +36,20 @@ def check_out_file(path: str | os.PathLike, flag: str = "--output") -> None:
         raise ConfigError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'results.jsonl'})")
     parent = path.parent
     if parent.is_dir():
-        try:
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"cannot write {flag} {path}: {_reason(exc)} (in {parent})") from None
+        _check_writable(parent, f"cannot write {flag} {path}", f" (in {parent})")
         return
     if parent.exists():
         raise ConfigError(f"cannot write {flag} {path}: {parent} is a file, not a directory")
     _check_can_create(parent, flag, shown=path)
+
+
+def _check_writable(directory: Path, problem: str, where: str = "") -> None:
+    """ConfigError ``problem: reason where`` unless a file can be created (and is removed again) in ``directory``."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{problem}: {_reason(exc)}{where}") from None
 
 
 def _check_can_create(path: Path, flag: str, shown: Path | None = None) -> None:
