@@ -2,7 +2,7 @@
 
 SFT on rows built in Python, then GRPO from that model against a function, then an evaluation of the result;
 every step returns a ``rewardhub.Result`` (final metrics, the run directory, the model's path).
-Run: python examples/python_api.py [--out runs/python-api] [--sft-steps 300] [--rl-steps 20]
+Run: python examples/python_api.py [--out runs/python-api] [--sft-steps 100] [--rl-steps 40]
 """
 
 import argparse
@@ -30,8 +30,8 @@ def exact(completion: str, row: dict) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/python-api")
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--rl-steps", type=int, default=20)
+    parser.add_argument("--sft-steps", type=int, default=100)
+    parser.add_argument("--rl-steps", type=int, default=40)
     args = parser.parse_args()
     out = Path(args.out)
     path = resolve_model_path("builtin:tiny-llama")  # any transformers model and tokenizer will do
@@ -44,7 +44,7 @@ def main() -> None:
     print(f"after SFT: held-out exact answers {sft.metrics['reward_mean']:.0%} ({sft.model_path})")
     grpo = rewardhub.train(algo="grpo", reward=exact, model=str(sft.model_path), data=train_rows, eval_data=held_out,
                            out=str(out / "grpo"), max_steps=args.rl_steps, sft_warmup_steps=0, batch_size=8,
-                           num_generations=4, max_new_tokens=4, lr=1e-4, log_every=5, eval_size=len(held_out),
+                           num_generations=4, max_new_tokens=4, lr=1e-3, log_every=5, eval_size=len(held_out),
                            overwrite=True)
     print(f"after GRPO: held-out exact answers {grpo.metrics['before/reward_mean']:.0%} -> "
           f"{grpo.metrics['after/reward_mean']:.0%}")
