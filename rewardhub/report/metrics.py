@@ -89,7 +89,7 @@ def _row_problem(line: str) -> str | None:
     try:
         row = json.loads(line)
     except ValueError as exc:
-        return f"not JSON ({exc.msg} at column {exc.colno})"
+        return f"not JSON ({exc.msg}, column {exc.colno})"
     if not isinstance(row, dict):
         return f"a JSON {type(row).__name__}, not an object"
     step = row.get("step")
