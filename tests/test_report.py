@@ -303,3 +303,20 @@ def test_without_matplotlib_the_command_says_how_to_install_it(tmp_path, capsys,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     assert main(["report", str(write_run(tmp_path / "run", ROWS))]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_example_trains_and_writes_a_report(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "report_of_a_run.py"
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(example), "--steps", "4", "--out", str(out)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"report: {out / 'report' / 'report.html'}" in result.stdout
+    assert_png(out / "report" / "reward.png")
+    assert "component: sevens" in [d.label for f in plan(read_metrics(out / "metrics.jsonl"))
+                                   if f.topic.name == "reward" for d in f.panels[0].lines]
