@@ -125,6 +125,14 @@ def test_plan_plots_each_topic_from_its_keys_only():
     dpo = [{"step": 1, "kind": "train", "loss": 0.6, "rewards/chosen": 0.1, "rewards/rejected": -0.1,
             "rewards/margins": 0.2, "rewards/accuracies": 1.0, "grad_norm": 0.0, "tokens_per_s": 99.0}]
     assert [f.topic.name for f in plan(dpo)] == ["reward", "heldout", "losses", "throughput"]  # grad_norm all 0
+    rm = [{"step": 1, "kind": "train", "loss": 0.7, "accuracy": 0.5, "margin": 0.1, "reward_chosen": 0.2,
+           "reward_rejected": 0.1, "grad_norm": 1.5, "tokens_per_s": 50.0},
+          {"step": 1, "kind": "eval", "accuracy": 0.6, "margin": 0.2, "loss": 0.65, "mean_reward": 0.1}]
+    figures = {f.topic.name: f for f in plan(rm)}
+    assert list(figures) == ["reward", "heldout", "losses", "throughput", "optimization"]
+    assert figures["heldout"].keys == [("eval", "accuracy"), ("train", "accuracy"), ("eval", "mean_reward"),
+                                       ("eval", "margin")]
+    assert figures["reward"].keys == [("train", "reward_chosen"), ("train", "reward_rejected"), ("train", "margin")]
 
 
 # --- real runs -------------------------------------------------------------------------------------------------
