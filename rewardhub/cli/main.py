@@ -13,7 +13,7 @@ import re
 import sys
 
 from rewardhub import __version__
-from rewardhub.cli import eval_cmd, plugins_cmd, score_cmd, sft_cmd, train_cmd, train_rm_cmd
+from rewardhub.cli import eval_cmd, plugins_cmd, report_cmd, score_cmd, sft_cmd, train_cmd, train_rm_cmd
 from rewardhub.errors import PluginError, RewardhubError
 from rewardhub.plugins import CORE, Command, RegistryEntry, build_commands
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CORE_COMMANDS = {name: Command(module.add_parser, module.run) for name, module in (
     ("plugins", plugins_cmd), ("sft", sft_cmd), ("train", train_cmd), ("train-rm", train_rm_cmd),
-    ("score", score_cmd), ("eval", eval_cmd),
+    ("score", score_cmd), ("eval", eval_cmd), ("report", report_cmd),
 )}
 
 
