@@ -505,8 +505,9 @@ class DPOConfig(TrainConfig):
     ranked by any provider; the policy learns from them against a frozen reference (no reward model)."""
 
     algo: Literal["dpo"] = setting("dpo", "training algorithm")
-    data: str = setting("arithmetic-preferences", "pairs (prompt/chosen/rejected columns) or, for --pairs online, "
-                        "prompts: a task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    data: str = setting("arithmetic-preferences", "pairs (prompt/chosen/rejected columns, or chosen/rejected with "
+                        "an implicit prompt) or, for --pairs online, prompts: a task, a .jsonl/.json/.parquet/.csv "
+                        "file, a directory, or a hub dataset id")
     pairs: Literal["auto", "dataset", "provider", "online"] = setting("auto", "where preference pairs come from")
     reward: str | None = setting(None, "reward that ranks online samples, stores pairs (--pairs online/provider) and "
                                  "scores the held-out prompts; default: the task's reward, else exact-match")
@@ -568,8 +569,9 @@ class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
 
     command: typing.ClassVar[str] = "reward-model"
 
-    data: str = setting("arithmetic-preferences", "pairs with prompt/chosen/rejected columns (optional margin): a "
-                        "task, a .jsonl/.json/.parquet/.csv file, a directory, or a hub dataset id")
+    data: str = setting("arithmetic-preferences", "pairs with prompt/chosen/rejected columns, or chosen/rejected "
+                        "with an implicit prompt (optional margin): a task, a .jsonl/.json/.parquet/.csv file, a "
+                        "directory, or a hub dataset id")
     lr: float = setting(1e-4, "peak learning rate (AdamW)")
     batch_size: int = setting(32, "pairs per micro-batch per device")
     center_coef: float = setting(0.0, "weight of the reward-centring term center_coef * mean((r_c + r_r)^2) (0: off)")
