@@ -97,6 +97,7 @@ def load_rows(spec: str, split: str | None = None, task_args: Mapping[str, Any] 
 def _load_source(spec: str, split: str):
     import datasets
 
+    datasets.disable_progress_bars()  # "Generating train split: ..." on every load is noise in a run's output
     path = Path(spec)
     try:
         if path.is_file():
