@@ -7,7 +7,7 @@ implementation inheritance). :func:`run` does the rest, once for all of them::
 
     accelerator -> recipe.setup -> resume the newest checkpoint -> [evaluate at step 0]
     -> for each step: recipe.step -> log the window's mean -> periodic evaluate / checkpoint -> callbacks
-       (Ctrl-C or a failing reward source: checkpoint the finished steps, re-raise; max_time: leave the loop)
+       (Ctrl-C, SIGTERM or a failing reward source: checkpoint the finished steps, re-raise; max_time: leave the loop)
     -> final evaluate -> final checkpoint -> recipe.finish (saves the model) -> the final metrics
 
 Exact resume: the checkpoint holds model, optimizer, scheduler and every RNG (``accelerator.save_state``), plus
@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -75,11 +78,50 @@ def run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback] = ()) -> di
     The run directory is claimed first (:func:`rewardhub.run_dir.claim`): a rerun that may not continue the
     run in ``cfg.out`` stops there, before any model loads.
     """
-    with claim(cfg):
-        return _run(recipe, cfg, callbacks)
+    with claim(cfg), _stop_signals() as stop:
+        return _run(recipe, cfg, callbacks, stop)
 
 
-def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback]) -> dict[str, Any]:
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's preemption, ``docker stop``) during a run.
+
+    The first signal asks the loop to stop at the next step boundary, so the checkpoint holds whole steps only
+    and a rerun resumes exactly; a second one stops at once (a step in flight is then lost or, if its update
+    was already applied, the checkpoint is of the last step counted).
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"{self.signal} twice")
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: stopping after this step and checkpointing the finished ones (send it again to stop "
+              "now)", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        """At a step boundary: raise KeyboardInterrupt if a stop was asked for."""
+        if self.signal is not None:
+            raise KeyboardInterrupt(self.signal)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """A :class:`StopRequest` handling SIGINT and SIGTERM for the run (the main thread only can install it)."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback], stop: StopRequest) -> dict[str, Any]:
     accelerator = make_accelerator(cfg)
     state = recipe.setup(accelerator)
     checkpointer = Checkpointer(accelerator, cfg.out, cfg.keep_checkpoints)
@@ -98,13 +140,15 @@ def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback]) -> dict[s
     with schedule.guard(start, STOPPING):
         if recipe.eval_before and start == 0:
             outcome.before = schedule.evaluate_now(0)
+        stop.check()  # a signal during setup or the first evaluation
         for step in range(start + 1, cfg.max_steps + 1):
             metrics = recipe.step(state, step)
+            schedule.completed = step  # applied: from here on a checkpoint must include it
             if "tokens" in metrics:
                 rate.add(metrics.pop("tokens"))
             window.append(metrics)
-            stop = schedule.time_is_up(step)
-            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
+            time_up = schedule.time_is_up(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or time_up:
                 logged = window_mean(window)
                 if rate.tokens:
                     logged["tokens_per_s"] = rate.take()
@@ -112,7 +156,8 @@ def _run(recipe: Recipe[Any], cfg: Any, callbacks: Sequence[Callback]) -> dict[s
                 window = []
             outcome.last = metrics
             schedule.after_step(step, metrics, ", ".join(f"{k} {number(v, 3)}" for k, v in list(metrics.items())[:2]))
-            if stop:
+            stop.check()
+            if time_up:
                 break
     outcome.after = schedule.evaluate_now(schedule.completed)
     outcome.steps = schedule.completed

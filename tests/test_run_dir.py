@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import records
+from conftest import load_weights, records
 
 from rewardhub.cli.main import main
 from rewardhub.config import DPOConfig, RewardModelConfig, RLConfig, SFTConfig
@@ -188,3 +188,39 @@ def test_a_rerun_says_where_it_resumes_and_metrics_hold_one_history(tiny_model_p
     assert f"resuming from step 3 of 6 ({out / 'checkpoints' / 'step-3'})" in shown
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4, 5, 6]  # the torn attempt's step-5 row is gone
     assert records(out)[4]["loss"] != 9.0
+
+
+def test_sigterm_checkpoints_the_finished_steps_and_the_rerun_resumes(tiny_model_path, tmp_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "rewardhub.cli.main", "sft", "--model", str(tiny_model_path), "--out", str(out),
+           "--max-steps", "2000", "--batch-size", "8", "--eval-size", "4", "--eval-max-new-tokens", "4",
+           "--data-arg", "size=64", "--log-every", "1", "--save-every", "100000", "--threads", "1",
+           "--lr-scheduler", "constant", "--warmup-ratio", "0"]  # the update does not depend on --max-steps
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until a few steps are done
+            if line.startswith("train step 3:"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted; finished steps are checkpointed" in err
+    [checkpoint] = (out / "checkpoints").iterdir()
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    assert step >= 3 and json.loads((checkpoint / "trainer_state.json").read_text())["interrupted"] is True
+    # whole steps only: the checkpoint's weights are those of a run that stopped there by itself
+    from safetensors.torch import load_file
+
+    from rewardhub.recipes.sft import train_sft
+
+    straight = tmp_path / "straight"
+    train_sft(SFTConfig(model=str(tiny_model_path), out=str(straight), max_steps=step, batch_size=8, eval_size=4,
+                        eval_max_new_tokens=4, data_args={"size": 64}, save_every=100000, threads=1,
+                        lr_scheduler="constant", warmup_ratio=0.0))
+    import torch
+
+    resumed, finished = load_file(str(checkpoint / "model.safetensors")), load_weights(straight)
+    for key, value in finished.items():
+        torch.testing.assert_close(resumed.get(key, resumed.get(f"model.{key}")), value)
