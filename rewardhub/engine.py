@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,20 @@ def clip_and_step(accelerator, model, optimizer, max_grad_norm: float, scheduler
     if apply:
         optimizer.step()
     if scheduler is not None:
-        scheduler.step()
+        step_schedule(scheduler)
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def step_schedule(scheduler) -> None:
+    """Advance the LR schedule by one optimizer step, also for a step with nothing to learn from (no update).
+
+    Such a step keeps the schedule on the step count, on purpose; torch's "lr_scheduler.step() before
+    optimizer.step()" warning (raised when the first steps had no update) does not apply, so it is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
 
 
 class TokenRate:

@@ -7,6 +7,7 @@ offline by :mod:`rewardhub.tiny_model` on first use and then loaded from disk li
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,9 @@ def apply_lora(model, lora: LoraOptions, task_type: str = "CAUSAL_LM"):
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type=task_type)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft itself still calls transformers' deprecated name; nothing to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def load_model_and_tokenizer(name_or_path: str, **kwargs):

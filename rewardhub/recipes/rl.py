@@ -36,7 +36,7 @@ from torch import Tensor
 
 from rewardhub.config import RLConfig
 from rewardhub.data import load_rows, render_prompt, require_columns
-from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
+from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model, step_schedule
 from rewardhub.errors import ConfigError
 from rewardhub.evaluation import load_eval_rows, score_greedy
 from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend
@@ -481,7 +481,7 @@ def update(state: RLState, batch: RolloutBatch, step: int) -> dict[str, float]:
         epochs = epoch + 1
         if stop:
             break
-    state.scheduler.step()
+    step_schedule(state.scheduler)
     out = {k: v / counts[k] for k, v in sums.items()}  # a key a minibatch did not measure is not averaged in
     out.update({"update/epochs": float(epochs), "update/early_stopped": float(stop), "update/minibatches": count})
     return out
