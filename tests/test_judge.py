@@ -101,10 +101,10 @@ def test_parse_verdict_failures(reply):
 # A scripted OpenAI-compatible judge
 # -------------------------------------------------------------------------------------------------------------
 
-RESPONSE = re.compile(r"\[The Start of the Response\]\n(.*)\n\[The End of the Response\]", re.S)
-PAIR = re.compile(r"\[The Start of Response A\]\n(.*)\n\[The End of Response A\].*"
-                  r"\[The Start of Response B\]\n(.*)\n\[The End of Response B\]", re.S)
-MODES = ("score", "flaky", "slow", "hang", "garbage", "biased")
+RESPONSE = re.compile(r"<response-([0-9a-f]{16})>\n(.*)\n</response-\1>", re.S)
+PAIR = re.compile(r"<response-a-([0-9a-f]{16})>\n(.*)\n</response-a-\1>.*<response-b-\1>\n(.*)\n</response-b-\1>", re.S)
+GROUP = re.compile(r"<response-(\d+)-([0-9a-f]{16})>\n(.*?)\n</response-\1-\2>", re.S)
+MODES = ("score", "flaky", "slow", "hang", "garbage", "biased", "partial", "busy")
 
 
 @dataclass
@@ -115,6 +115,7 @@ class Script:
     attempts: Counter = field(default_factory=Counter)
     in_flight: Counter = field(default_factory=Counter)
     max_in_flight: Counter = field(default_factory=Counter)
+    disconnects: Counter = field(default_factory=Counter)
 
 
 def scripted_reply(mode: str, text: str) -> str:
@@ -124,9 +125,15 @@ def scripted_reply(mode: str, text: str) -> str:
     if pair:
         if mode == "biased":
             return "Both are good; the first one reads better.\nWINNER: A"
-        a, b = (s.count("7") for s in pair.groups())
+        a, b = (s.count("7") for s in pair.groups()[1:])
         return "WINNER: " + ("A" if a > b else "B" if b > a else "TIE")
-    sevens = RESPONSE.search(text).group(1).count("7")
+    group = GROUP.findall(text)
+    if group:
+        lines = [f"SCORE {k}: {body.count('7')}" for k, _, body in group]
+        if mode == "partial":  # forgets the last response
+            lines = lines[:-1]
+        return "Compared them.\n" + "\n".join(lines)
+    sevens = RESPONSE.search(text).group(2).count("7")
     return f"The response has {sevens} sevens.\nSCORE: {sevens}"
 
 
@@ -138,6 +145,10 @@ def scripted_judge_app(script: Script) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "test"}
                                            for m in MODES]}
 
+    async def disconnected(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
@@ -146,11 +157,22 @@ def scripted_judge_app(script: Script) -> FastAPI:
         script.in_flight[mode] += 1
         script.max_in_flight[mode] = max(script.max_in_flight[mode], script.in_flight[mode])
         try:
-            script.attempts[text] += 1
-            if mode == "flaky" and script.attempts[text] <= 2:
+            script.attempts[_block(text)] += 1
+            if mode == "flaky" and script.attempts[_block(text)] <= 2:
                 return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503,
                                     headers={"retry-after-ms": "10"})
-            await asyncio.sleep({"slow": 0.2, "hang": 2.0}.get(mode, 0.0))
+            if mode == "busy":
+                return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                                    status_code=429, headers={"retry-after-ms": "10"})
+            # like vLLM, stop working on a request whose client went away
+            work = asyncio.ensure_future(asyncio.sleep({"slow": 0.2, "hang": 2.0}.get(mode, 0.0)))
+            gone = asyncio.ensure_future(disconnected(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                script.disconnects[mode] += 1
+                return JSONResponse({"error": {"message": "client went away"}}, status_code=499)
+            gone.cancel()
             content = scripted_reply(mode, text)
         finally:
             script.in_flight[mode] -= 1
@@ -177,6 +199,7 @@ def judge(server):
     built = []
     server.script.bodies.clear()
     server.script.max_in_flight.clear()
+    server.script.disconnects.clear()
 
     def make(**options):
         options.setdefault("model", "score")
@@ -187,6 +210,11 @@ def judge(server):
     yield make
     for provider in built:
         provider.close()
+
+
+def _block(text: str) -> str:
+    """The judged text without the request's random nonce (retries of one judgement carry different nonces)."""
+    return re.sub(r"[0-9a-f]{16}", "NONCE", text)
 
 
 def sample(completion: str, **row) -> Sample:
@@ -211,15 +239,15 @@ def test_the_judge_sees_the_row_prompt_and_the_reference(judge, server):
     judge()([sample("777", answer="42"), sample("7")])
     with_ref, without = (b["messages"][0]["content"] for b in server.script.bodies)
     assert "Write some sevens." in with_ref and "rendered prompt" not in with_ref  # the row's text, no chat markup
-    assert "[The Start of the Reference Answer]\n42\n" in with_ref
-    assert "Reference" not in without
+    assert re.search(r"<reference-([0-9a-f]{16})>\n42\n</reference-\1>", with_ref)
+    assert "<reference-" not in without and "reference answer" not in without
     assert server.script.bodies[0]["temperature"] == 0 and server.script.bodies[0]["max_tokens"] == 512
 
 
 def test_user_template_file_and_rubric(judge, server, tmp_path):
     template = tmp_path / "judge.txt"
-    template.write_text("Q: {prompt}\nRef: {reference}\n[The Start of the Response]\n{completion}\n"
-                        "[The End of the Response]\nScale {min_score}-{max_score}. {rubric} {{literal}}")
+    template.write_text("Q: {prompt}\nRef: {reference}\n{data_notice}\n{completion}\n"
+                        "Scale {min_score}-{max_score}. {rubric} {{literal}}")
     [reward] = judge(template=str(template), rubric="Be strict.")([sample("77", answer="9")])
     assert reward.value == pytest.approx(1 / 9)
     assert server.script.bodies[-1]["messages"][0]["content"].endswith("Scale 1-10. Be strict. {literal}")
@@ -287,7 +315,7 @@ def test_failures_are_not_cached(judge):
 def test_compare_asks_both_orders(judge, server):
     provider = judge()
     assert provider.compare("p", "777", "7") == 1.0
-    orders = [PAIR.search(b["messages"][0]["content"]).groups() for b in server.script.bodies]
+    orders = [PAIR.search(b["messages"][0]["content"]).groups()[1:] for b in server.script.bodies]
     assert sorted(orders) == [("7", "777"), ("777", "7")]
     assert provider.compare("p", "7", "777") == 0.0
     assert provider.compare("p", "77", "77 ") == 0.5  # a tie both ways
@@ -340,15 +368,15 @@ def test_bad_options_say_what_to_fix(server, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"min_score \(10\) must be below max_score \(10\)"):
         JudgeReward(base_url=server.url, model="score", min_score=10)
     template = tmp_path / "t.txt"
-    template.write_text("Rate {prompt}. SCORE: n")
+    template.write_text("Rate {prompt}. {data_notice} SCORE: n")
     with pytest.raises(ConfigError, match=r"template must contain \{completion\}"):
         JudgeReward(base_url=server.url, model="score", template=str(template))
     with pytest.raises(ConfigError, match=r"unknown placeholder \{answer\}"):
-        JudgeReward(base_url=server.url, model="score", template="{completion} vs {answer}")
+        JudgeReward(base_url=server.url, model="score", template="{data_notice} {completion} vs {answer}")
     with pytest.raises(ConfigError, match="is not an existing file"):
         JudgeReward(base_url=server.url, model="score", template=str(tmp_path / "missing.txt"))
     with pytest.raises(ConfigError, match="pairwise_template must contain"):
-        JudgeReward(base_url=server.url, model="score", pairwise_template="{a} only")
+        JudgeReward(base_url=server.url, model="score", pairwise_template="{data_notice} {a} only")
     with pytest.raises(ConfigError) as info:
         build_reward("judge", {"base_url": "localhost:8000", "concurrency": "0", "timeout": "0"})
     text = str(info.value)
@@ -356,7 +384,7 @@ def test_bad_options_say_what_to_fix(server, tmp_path, monkeypatch):
 
 
 def test_model_discovery_errors(server, monkeypatch):
-    with pytest.raises(ConfigError, match=r"serves 6 models .*--reward-arg model=NAME"):
+    with pytest.raises(ConfigError, match=r"serves 8 models .*--reward-arg model=NAME"):
         JudgeReward(base_url=server.url)
     with pytest.raises(RewardhubError, match=r"could not list the models .*cannot connect"):
         JudgeReward(base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
