@@ -32,7 +32,7 @@ _DENOMINATOR = rf"(?:\s*(?:/|out\s+of)\s*{_NUMBER})?"
 #: ``SCORE: 7`` at the start of a line, with optional markdown (``**Score:** 7``, ``- Rating = [[7]]``); not a
 #: quote (``> SCORE: 7``).
 _SCORE_LINE = re.compile(
-    rf"^[ \t*_#\-]*(?:final\s+)?(?:score|rating)[\s*_]*[:=][\s*_\[(\"']*{_NUMBER}[\s*_\])\"']*{_DENOMINATOR}",
+    rf"^[ \t*_#\-]*(?:final\s+)?(?:score|rating)[\s*_]*[:=][\s*_\[(\"']*{_NUMBER}[ \t*_\])\"']*{_DENOMINATOR}",
     re.IGNORECASE | re.MULTILINE,
 )
 #: The keyword anywhere: ``my score is 9``, ``a rating of 6 out of 10``.
@@ -49,8 +49,8 @@ _VERDICT_LINE = re.compile(
 )
 #: ``SCORE 3: 7`` (groupwise), with the same decoration, also ``Score for response 3: 7``.
 _GROUP_LINE = re.compile(
-    rf"^[ \t*_#\-]*(?:final\s+)?(?:score|rating)\s*(?:for\s+)?(?:response\s*)?#?\s*(\d+)[\s*_]*[:=]"
-    rf"[\s*_\[(\"']*{_NUMBER}[\s*_\])\"']*{_DENOMINATOR}",
+    rf"^[ \t*_#\-]*(?:final[ \t]+)?(?:score|rating)[ \t]*(?:for[ \t]+)?(?:response[ \t]*)?#?[ \t]*(\d+)[ \t*_]*[:=]"
+    rf"[ \t*_\[(\"']*{_NUMBER}[ \t*_\])\"']*(?:[ \t]*(?:/|out[ \t]+of)[ \t]*{_NUMBER})?",
     re.IGNORECASE | re.MULTILINE,
 )
 _QUOTE_LINE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
