@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -406,6 +407,111 @@ def test_unreachable_judge_is_an_error_status_not_a_crash():
 
 
 # -------------------------------------------------------------------------------------------------------------
+# Load control against the scripted judge: timeouts, 429s, rate limits
+# -------------------------------------------------------------------------------------------------------------
+
+def _settled(server, mode: str, seconds: float = 3.0) -> None:
+    """Wait until the scripted server has nothing of ``mode`` in flight (it notices disconnects at once)."""
+    deadline = time.monotonic() + seconds
+    while server.script.in_flight[mode] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_timed_out_requests_are_closed_and_never_pile_up_on_the_server(judge, server, adaptive):
+    provider = judge(model="hang", concurrency=4, timeout=0.3, max_retries=1, adaptive=adaptive)
+    rewards = provider([sample(f"7 #{i}") for i in range(8)])
+    _settled(server, "hang")
+    assert all(r.status is Status.TIMEOUT and "2 attempts" in r.detail for r in rewards)
+    m = provider.metrics()
+    assert m["judge/attempts"] == 16 and m["judge/cancelled"] == 16 and m["judge/retries"] == 8
+    # every abandoned request was closed, and the server saw it: the judge never held more than the cap
+    assert server.script.disconnects["hang"] == 16 and server.script.in_flight["hang"] == 0
+    assert server.script.max_in_flight["hang"] <= 4 and m["judge/max_in_flight"] <= 4
+    assert m["judge/concurrency_limit"] == (1 if adaptive else 4)  # AIMD: halved to the floor
+    assert m["judge/concurrency_decreases"] == (0 if not adaptive else m["judge/concurrency_decreases"])
+
+
+def test_429s_halve_the_concurrency_and_are_counted(judge):
+    provider = judge(model="busy", concurrency=8, max_retries=2)
+    [r] = provider([sample("7")])
+    assert r.status is Status.ERROR and "HTTP 429" in r.detail and "3 attempts" in r.detail
+    m = provider.metrics()
+    assert m["judge/rate_limited"] == 3 and m["judge/concurrency_limit"] == 1  # 8 -> 4 -> 2 -> 1
+    recovered = judge(model="score", concurrency=8)
+    recovered.client.aimd.congestion(recovered.client.aimd.epoch())  # at 4 after a 429
+    recovered([sample("7" * k + "x") for k in range(1, 9)])  # 8 successes: 4 -> 5 after 4, then 4 of 5 more
+    assert recovered.metrics()["judge/concurrency_limit"] == 5
+
+
+def test_rpm_limit_spaces_the_requests(judge):
+    provider = judge(rpm=120)  # 2 a second, a burst of 2
+    start = time.perf_counter()
+    rewards = provider([sample("7" * k) for k in range(1, 5)])
+    elapsed = time.perf_counter() - start
+    assert all(r.usable for r in rewards)
+    m = provider.metrics()
+    assert m["judge/throttled_waits"] == 2 and m["judge/throttled_s"] == pytest.approx(1.0, abs=0.05)
+    assert elapsed >= 0.95
+
+
+def test_rate_options_are_checked(server):
+    with pytest.raises(ConfigError) as info:
+        build_reward("judge", {"base_url": server.url, "model": "score", "rpm": "-1", "max_group": "1"})
+    text = str(info.value)
+    assert "rpm must be >= 0" in text and "max_group must be >= 2" in text
+    with pytest.raises(ConfigError, match="'listwise' is not one of 'pointwise', 'groupwise'"):
+        build_reward("judge", {"base_url": server.url, "model": "score", "mode": "listwise"})
+    provider = build_reward("judge", {"base_url": server.url, "model": "score", "rpm": "0", "tpm": "none",
+                                      "adaptive": "false"})
+    try:
+        assert provider.client.limiter.active is False and provider.client.aimd.adaptive is False
+    finally:
+        provider.close()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Groupwise: a prompt's completions ranked in one request
+# -------------------------------------------------------------------------------------------------------------
+
+def grouped(prompt: str, *completions: str) -> list[Sample]:
+    return [Sample(f"<|user|>{prompt}<|assistant|>", c, {"prompt": prompt}) for c in completions]
+
+
+def test_groupwise_scores_each_prompts_completions_in_one_request(judge, server):
+    provider = judge(mode="groupwise", min_score=0)
+    samples = grouped("p1", "777", "7", "x") + grouped("p2", "77") + grouped("p3", "7777", "77777")
+    rewards = provider(samples)
+    assert [r.value for r in rewards] == [pytest.approx(v) for v in (0.3, 0.1, 0.0, 0.2, 0.4, 0.5)]
+    assert all(r.usable for r in rewards) and "response 1 of 3, groupwise" in rewards[0].detail
+    texts = [b["messages"][0]["content"] for b in server.script.bodies]
+    assert len(texts) == 3 and sum("<response-3-" in t for t in texts) == 1  # two groups and one single
+    assert any("SCORE 1: <number from 0 to 10>\nSCORE 2: <number from 0 to 10>" in t for t in texts)
+    m = provider.metrics()
+    assert m["judge/groups"] == 2 and m["judge/requests"] == 3
+    again = provider(samples)  # cached, groups and singles alike
+    assert again == rewards and len(server.script.bodies) == 3
+
+
+def test_groupwise_reply_missing_scores_fails_only_those_samples(judge):
+    provider = judge(mode="groupwise", model="partial", min_score=0)
+    rewards = provider(grouped("p1", "777", "7", "77") + grouped("p2", "7", "7777"))
+    assert [r.status for r in rewards] == [Status.OK, Status.OK, Status.ERROR, Status.OK, Status.ERROR]
+    assert "no score for response 3 of 3" in rewards[2].detail and "response 2 of 2" in rewards[4].detail
+    assert rewards[0].value == pytest.approx(0.3) and not rewards[2].usable
+    assert provider.metrics()["judge/parse_failures"] == 2
+
+
+def test_groupwise_splits_long_runs_and_fails_a_whole_group_on_timeout(judge, server):
+    provider = judge(mode="groupwise", max_group=2, min_score=0)
+    provider(grouped("p", "7", "77", "777", "7777", "77777"))
+    assert provider.metrics()["judge/groups"] == 2 and len(server.script.bodies) == 3  # 2 + 2 + a single
+    hung = judge(mode="groupwise", model="hang", timeout=0.2, max_retries=0)
+    rewards = hung(grouped("p", "7", "77"))
+    assert all(r.status is Status.TIMEOUT and "groupwise request for 2 responses" in r.detail for r in rewards)
+
+
+# -------------------------------------------------------------------------------------------------------------
 # The real server (`rewardhub serve`) on the tiny random model
 # -------------------------------------------------------------------------------------------------------------
 
@@ -454,14 +560,55 @@ def test_serve_command_reports_bad_input(tmp_path, capsys):
     assert "--port must be between 0 and 65535" in capsys.readouterr().err
 
 
+def test_serve_drops_a_request_whose_client_went_away(tiny_model_path):
+    import openai
+
+    local = load_local_model(str(tiny_model_path), name="tiny")
+    with ServerThread(create_app(local)) as thread:
+        client = openai.OpenAI(base_url=thread.url, api_key="sk-local", max_retries=0, timeout=0.3)
+        with local.lock:  # the model is busy: the request waits, and its client gives up
+            with pytest.raises(openai.APITimeoutError):
+                client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+            deadline = time.monotonic() + 3
+            while local.cancelled == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert local.cancelled == 1  # noticed while still waiting for the model
+        time.sleep(0.1)
+        assert local.requests == 0 and local.in_flight == 0  # it never generated
+
+
+def test_serve_stops_generating_when_cancelled(tiny_model_path):
+    from rewardhub_judge.server import ChatRequest, RequestError
+
+    class CancelAfter(threading.Event):
+        """Reads as set from the 4th look on: the stopping criterion is asked once per generated token."""
+
+        looks = 0
+
+        def is_set(self):
+            self.looks += 1
+            return self.looks > 3
+
+    local = load_local_model(str(tiny_model_path), name="tiny")
+    cancel = CancelAfter()
+    request = ChatRequest(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=200,
+                          temperature=0)
+    with pytest.raises(RequestError, match="generation stopped") as info:
+        local.complete(request, cancel)
+    assert info.value.status == 499 and cancel.looks < 10  # stopped after a few tokens, not 200
+    assert local.cancelled == 1 and local.in_flight == 0
+
+
 # -------------------------------------------------------------------------------------------------------------
 # End to end: GRPO with the judge reward, through the CLI
 # -------------------------------------------------------------------------------------------------------------
 
-def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys):
+@pytest.mark.parametrize("mode", ["pointwise", "groupwise"])
+def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys, mode):
     out = tmp_path / "rlaif"
     code = main(["train", "--algo", "grpo", "--reward", "judge", "--reward-arg", f"base_url={server.url}",
-                 "--reward-arg", "model=score", "--reward-arg", "min_score=0", "--model", str(tiny_model_path),
+                 "--reward-arg", "model=score", "--reward-arg", "min_score=0", "--reward-arg", f"mode={mode}",
+                 "--model", str(tiny_model_path),
                  "--data-arg", "size=32", "--max-steps", "3", "--batch-size", "2", "--num-generations", "2",
                  "--max-new-tokens", "4", "--eval-size", "4", "--threads", "1", "--log-every", "1",
                  "--out", str(out)])
@@ -471,3 +618,6 @@ def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys
     assert len(train) == 3 and all("reward/mean" in r for r in train)
     assert all(0.0 <= r["reward/mean"] <= 0.4 for r in train)  # 4 tokens hold at most 4 sevens: <= 4/10
     assert train[-1]["provider/judge/requests"] >= 1 and train[-1]["provider/status/ok"] >= 12
+    assert "provider/judge/concurrency_limit" in train[-1] and "provider/judge/cancelled" in train[-1]
+    if mode == "groupwise":  # the loop lays a prompt's generations out consecutively: one request per prompt
+        assert train[-1]["provider/judge/groups"] >= 1
