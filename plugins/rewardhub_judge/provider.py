@@ -6,8 +6,16 @@ KL coefficients tuned for one scale carry over to another. Pairwise :meth:`Judge
 "A or B?" in both orders and averages, which cancels the judge's position bias (the order that a biased
 judge always picks wins once each way: 0.5).
 
+``mode="groupwise"`` ranks each run of consecutive samples with the same prompt (GRPO's generations) in one
+request, one ``SCORE k: n`` per completion; a missing score fails that completion only.
+
+Every untrusted text (prompt, completion, reference) reaches the judge inside a nonce-tagged block that it
+cannot close (:mod:`rewardhub_judge.prompts`), and the verdict is read from the judge's own words only
+(:mod:`rewardhub_judge.parsing`). Load control (rpm/tpm buckets, AIMD concurrency, timeouts that close
+the request) is in :mod:`rewardhub_judge.client` and :mod:`rewardhub_judge.limits`.
+
 Failures are statuses, never a silent 0: a timeout is ``timeout``; a refused connection, an HTTP error after
-the client's retries, or a reply with no readable score is ``error`` (the judge's failure, not the policy's),
+the retries, or a reply with no readable score is ``error`` (the judge's failure, not the policy's),
 with the reply quoted in the detail. The loop masks them out of the update.
 """
 
@@ -53,8 +61,8 @@ class JudgeReward(RewardProvider):
         api_key: default ``$OPENAI_API_KEY``, else a dummy key (local servers ignore it).
         rubric: extra criteria for the built-in templates (replaces "helpfulness, correctness, ...").
         template: a pointwise template file (or inline string) with ``{data_notice}``, ``{completion}`` and any
-            of ``{prompt}``, ``{reference}``, ``{rubric}``, ``{min_score}``, ``{max_score}``; it must ask for
-            ``SCORE: n``. The untrusted placeholders are replaced by protected blocks (:mod:`.prompts`).
+            of ``{prompt}``, ``{reference}``, ``{rubric}``, ``{min_score}``, ``{max_score}`` (the untrusted ones
+            written bare: each becomes a protected block); it must ask for ``SCORE: n``.
         pairwise_template: the same for :meth:`compare`, with ``{a}`` and ``{b}``; it must ask for ``WINNER: A|B|TIE``.
         groupwise_template: the same for ``mode="groupwise"``, with ``{responses}`` (the numbered blocks) and
             any of ``{count}``, ``{score_lines}``; it must ask for ``SCORE k: n`` lines.
