@@ -429,7 +429,7 @@ def test_timed_out_requests_are_closed_and_never_pile_up_on_the_server(judge, se
     assert server.script.disconnects["hang"] == 16 and server.script.in_flight["hang"] == 0
     assert server.script.max_in_flight["hang"] <= 4 and m["judge/max_in_flight"] <= 4
     assert m["judge/concurrency_limit"] == (1 if adaptive else 4)  # AIMD: halved to the floor
-    assert m["judge/concurrency_decreases"] == (0 if not adaptive else m["judge/concurrency_decreases"])
+    assert (m["judge/concurrency_decreases"] >= 2) if adaptive else (m["judge/concurrency_decreases"] == 0)
 
 
 def test_429s_halve_the_concurrency_and_are_counted(judge):
