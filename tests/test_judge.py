@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -101,10 +102,10 @@ def test_parse_verdict_failures(reply):
 # A scripted OpenAI-compatible judge
 # -------------------------------------------------------------------------------------------------------------
 
-RESPONSE = re.compile(r"\[The Start of the Response\]\n(.*)\n\[The End of the Response\]", re.S)
-PAIR = re.compile(r"\[The Start of Response A\]\n(.*)\n\[The End of Response A\].*"
-                  r"\[The Start of Response B\]\n(.*)\n\[The End of Response B\]", re.S)
-MODES = ("score", "flaky", "slow", "hang", "garbage", "biased")
+RESPONSE = re.compile(r"<response-([0-9a-f]{16})>\n(.*)\n</response-\1>", re.S)
+PAIR = re.compile(r"<response-a-([0-9a-f]{16})>\n(.*)\n</response-a-\1>.*<response-b-\1>\n(.*)\n</response-b-\1>", re.S)
+GROUP = re.compile(r"<response-(\d+)-([0-9a-f]{16})>\n(.*?)\n</response-\1-\2>", re.S)
+MODES = ("score", "flaky", "slow", "hang", "garbage", "biased", "partial", "busy")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Script:
     attempts: Counter = field(default_factory=Counter)
     in_flight: Counter = field(default_factory=Counter)
     max_in_flight: Counter = field(default_factory=Counter)
+    disconnects: Counter = field(default_factory=Counter)
 
 
 def scripted_reply(mode: str, text: str) -> str:
@@ -124,9 +126,15 @@ def scripted_reply(mode: str, text: str) -> str:
     if pair:
         if mode == "biased":
             return "Both are good; the first one reads better.\nWINNER: A"
-        a, b = (s.count("7") for s in pair.groups())
+        a, b = (s.count("7") for s in pair.groups()[1:])
         return "WINNER: " + ("A" if a > b else "B" if b > a else "TIE")
-    sevens = RESPONSE.search(text).group(1).count("7")
+    group = GROUP.findall(text)
+    if group:
+        lines = [f"SCORE {k}: {body.count('7')}" for k, _, body in group]
+        if mode == "partial":  # forgets the last response
+            lines = lines[:-1]
+        return "Compared them.\n" + "\n".join(lines)
+    sevens = RESPONSE.search(text).group(2).count("7")
     return f"The response has {sevens} sevens.\nSCORE: {sevens}"
 
 
@@ -138,6 +146,10 @@ def scripted_judge_app(script: Script) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "test"}
                                            for m in MODES]}
 
+    async def disconnected(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
@@ -146,11 +158,22 @@ def scripted_judge_app(script: Script) -> FastAPI:
         script.in_flight[mode] += 1
         script.max_in_flight[mode] = max(script.max_in_flight[mode], script.in_flight[mode])
         try:
-            script.attempts[text] += 1
-            if mode == "flaky" and script.attempts[text] <= 2:
+            script.attempts[_block(text)] += 1
+            if mode == "flaky" and script.attempts[_block(text)] <= 2:
                 return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503,
                                     headers={"retry-after-ms": "10"})
-            await asyncio.sleep({"slow": 0.2, "hang": 2.0}.get(mode, 0.0))
+            if mode == "busy":
+                return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                                    status_code=429, headers={"retry-after-ms": "10"})
+            # like vLLM, stop working on a request whose client went away
+            work = asyncio.ensure_future(asyncio.sleep({"slow": 0.2, "hang": 2.0}.get(mode, 0.0)))
+            gone = asyncio.ensure_future(disconnected(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                script.disconnects[mode] += 1
+                return JSONResponse({"error": {"message": "client went away"}}, status_code=499)
+            gone.cancel()
             content = scripted_reply(mode, text)
         finally:
             script.in_flight[mode] -= 1
@@ -177,6 +200,7 @@ def judge(server):
     built = []
     server.script.bodies.clear()
     server.script.max_in_flight.clear()
+    server.script.disconnects.clear()
 
     def make(**options):
         options.setdefault("model", "score")
@@ -187,6 +211,11 @@ def judge(server):
     yield make
     for provider in built:
         provider.close()
+
+
+def _block(text: str) -> str:
+    """The judged text without the request's random nonce (retries of one judgement carry different nonces)."""
+    return re.sub(r"[0-9a-f]{16}", "NONCE", text)
 
 
 def sample(completion: str, **row) -> Sample:
@@ -211,15 +240,15 @@ def test_the_judge_sees_the_row_prompt_and_the_reference(judge, server):
     judge()([sample("777", answer="42"), sample("7")])
     with_ref, without = (b["messages"][0]["content"] for b in server.script.bodies)
     assert "Write some sevens." in with_ref and "rendered prompt" not in with_ref  # the row's text, no chat markup
-    assert "[The Start of the Reference Answer]\n42\n" in with_ref
-    assert "Reference" not in without
+    assert re.search(r"<reference-([0-9a-f]{16})>\n42\n</reference-\1>", with_ref)
+    assert "<reference-" not in without and "reference answer" not in without
     assert server.script.bodies[0]["temperature"] == 0 and server.script.bodies[0]["max_tokens"] == 512
 
 
 def test_user_template_file_and_rubric(judge, server, tmp_path):
     template = tmp_path / "judge.txt"
-    template.write_text("Q: {prompt}\nRef: {reference}\n[The Start of the Response]\n{completion}\n"
-                        "[The End of the Response]\nScale {min_score}-{max_score}. {rubric} {{literal}}")
+    template.write_text("Q: {prompt}\nRef: {reference}\n{data_notice}\n{completion}\n"
+                        "Scale {min_score}-{max_score}. {rubric} {{literal}}")
     [reward] = judge(template=str(template), rubric="Be strict.")([sample("77", answer="9")])
     assert reward.value == pytest.approx(1 / 9)
     assert server.script.bodies[-1]["messages"][0]["content"].endswith("Scale 1-10. Be strict. {literal}")
@@ -287,7 +316,7 @@ def test_failures_are_not_cached(judge):
 def test_compare_asks_both_orders(judge, server):
     provider = judge()
     assert provider.compare("p", "777", "7") == 1.0
-    orders = [PAIR.search(b["messages"][0]["content"]).groups() for b in server.script.bodies]
+    orders = [PAIR.search(b["messages"][0]["content"]).groups()[1:] for b in server.script.bodies]
     assert sorted(orders) == [("7", "777"), ("777", "7")]
     assert provider.compare("p", "7", "777") == 0.0
     assert provider.compare("p", "77", "77 ") == 0.5  # a tie both ways
@@ -340,15 +369,15 @@ def test_bad_options_say_what_to_fix(server, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"min_score \(10\) must be below max_score \(10\)"):
         JudgeReward(base_url=server.url, model="score", min_score=10)
     template = tmp_path / "t.txt"
-    template.write_text("Rate {prompt}. SCORE: n")
+    template.write_text("Rate {prompt}. {data_notice} SCORE: n")
     with pytest.raises(ConfigError, match=r"template must contain \{completion\}"):
         JudgeReward(base_url=server.url, model="score", template=str(template))
     with pytest.raises(ConfigError, match=r"unknown placeholder \{answer\}"):
-        JudgeReward(base_url=server.url, model="score", template="{completion} vs {answer}")
+        JudgeReward(base_url=server.url, model="score", template="{data_notice} {completion} vs {answer}")
     with pytest.raises(ConfigError, match="is not an existing file"):
         JudgeReward(base_url=server.url, model="score", template=str(tmp_path / "missing.txt"))
     with pytest.raises(ConfigError, match="pairwise_template must contain"):
-        JudgeReward(base_url=server.url, model="score", pairwise_template="{a} only")
+        JudgeReward(base_url=server.url, model="score", pairwise_template="{data_notice} {a} only")
     with pytest.raises(ConfigError) as info:
         build_reward("judge", {"base_url": "localhost:8000", "concurrency": "0", "timeout": "0"})
     text = str(info.value)
@@ -356,7 +385,7 @@ def test_bad_options_say_what_to_fix(server, tmp_path, monkeypatch):
 
 
 def test_model_discovery_errors(server, monkeypatch):
-    with pytest.raises(ConfigError, match=r"serves 6 models .*--reward-arg model=NAME"):
+    with pytest.raises(ConfigError, match=r"serves 8 models .*--reward-arg model=NAME"):
         JudgeReward(base_url=server.url)
     with pytest.raises(RewardhubError, match=r"could not list the models .*cannot connect"):
         JudgeReward(base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
@@ -375,6 +404,111 @@ def test_unreachable_judge_is_an_error_status_not_a_crash():
         assert r.status is Status.ERROR and "cannot connect to the judge at http://127.0.0.1:9/v1" in r.detail
     finally:
         provider.close()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Load control against the scripted judge: timeouts, 429s, rate limits
+# -------------------------------------------------------------------------------------------------------------
+
+def _settled(server, mode: str, seconds: float = 3.0) -> None:
+    """Wait until the scripted server has nothing of ``mode`` in flight (it notices disconnects at once)."""
+    deadline = time.monotonic() + seconds
+    while server.script.in_flight[mode] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_timed_out_requests_are_closed_and_never_pile_up_on_the_server(judge, server, adaptive):
+    provider = judge(model="hang", concurrency=4, timeout=0.3, max_retries=1, adaptive=adaptive)
+    rewards = provider([sample(f"7 #{i}") for i in range(8)])
+    _settled(server, "hang")
+    assert all(r.status is Status.TIMEOUT and "2 attempts" in r.detail for r in rewards)
+    m = provider.metrics()
+    assert m["judge/attempts"] == 16 and m["judge/cancelled"] == 16 and m["judge/retries"] == 8
+    # every abandoned request was closed, and the server saw it: the judge never held more than the cap
+    assert server.script.disconnects["hang"] == 16 and server.script.in_flight["hang"] == 0
+    assert server.script.max_in_flight["hang"] <= 4 and m["judge/max_in_flight"] <= 4
+    assert m["judge/concurrency_limit"] == (1 if adaptive else 4)  # AIMD: halved to the floor
+    assert (m["judge/concurrency_decreases"] >= 2) if adaptive else (m["judge/concurrency_decreases"] == 0)
+
+
+def test_429s_halve_the_concurrency_and_are_counted(judge):
+    provider = judge(model="busy", concurrency=8, max_retries=2)
+    [r] = provider([sample("7")])
+    assert r.status is Status.ERROR and "HTTP 429" in r.detail and "3 attempts" in r.detail
+    m = provider.metrics()
+    assert m["judge/rate_limited"] == 3 and m["judge/concurrency_limit"] == 1  # 8 -> 4 -> 2 -> 1
+    recovered = judge(model="score", concurrency=8)
+    recovered.client.aimd.congestion(recovered.client.aimd.epoch())  # at 4 after a 429
+    recovered([sample("7" * k + "x") for k in range(1, 9)])  # 8 successes: 4 -> 5 after 4, then 4 of 5 more
+    assert recovered.metrics()["judge/concurrency_limit"] == 5
+
+
+def test_rpm_limit_spaces_the_requests(judge):
+    provider = judge(rpm=120)  # 2 a second, a burst of 2
+    start = time.perf_counter()
+    rewards = provider([sample("7" * k) for k in range(1, 5)])
+    elapsed = time.perf_counter() - start
+    assert all(r.usable for r in rewards)
+    m = provider.metrics()
+    assert m["judge/throttled_waits"] == 2 and m["judge/throttled_s"] == pytest.approx(1.0, abs=0.05)
+    assert elapsed >= 0.95
+
+
+def test_rate_options_are_checked(server):
+    with pytest.raises(ConfigError) as info:
+        build_reward("judge", {"base_url": server.url, "model": "score", "rpm": "-1", "max_group": "1"})
+    text = str(info.value)
+    assert "rpm must be >= 0" in text and "max_group must be >= 2" in text
+    with pytest.raises(ConfigError, match="'listwise' is not one of 'pointwise', 'groupwise'"):
+        build_reward("judge", {"base_url": server.url, "model": "score", "mode": "listwise"})
+    provider = build_reward("judge", {"base_url": server.url, "model": "score", "rpm": "0", "tpm": "none",
+                                      "adaptive": "false"})
+    try:
+        assert provider.client.limiter.active is False and provider.client.aimd.adaptive is False
+    finally:
+        provider.close()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Groupwise: a prompt's completions ranked in one request
+# -------------------------------------------------------------------------------------------------------------
+
+def grouped(prompt: str, *completions: str) -> list[Sample]:
+    return [Sample(f"<|user|>{prompt}<|assistant|>", c, {"prompt": prompt}) for c in completions]
+
+
+def test_groupwise_scores_each_prompts_completions_in_one_request(judge, server):
+    provider = judge(mode="groupwise", min_score=0)
+    samples = grouped("p1", "777", "7", "x") + grouped("p2", "77") + grouped("p3", "7777", "77777")
+    rewards = provider(samples)
+    assert [r.value for r in rewards] == [pytest.approx(v) for v in (0.3, 0.1, 0.0, 0.2, 0.4, 0.5)]
+    assert all(r.usable for r in rewards) and "response 1 of 3, groupwise" in rewards[0].detail
+    texts = [b["messages"][0]["content"] for b in server.script.bodies]
+    assert len(texts) == 3 and sum("<response-3-" in t for t in texts) == 1  # two groups and one single
+    assert any("SCORE 1: <number from 0 to 10>\nSCORE 2: <number from 0 to 10>" in t for t in texts)
+    m = provider.metrics()
+    assert m["judge/groups"] == 2 and m["judge/requests"] == 3
+    again = provider(samples)  # cached, groups and singles alike
+    assert again == rewards and len(server.script.bodies) == 3
+
+
+def test_groupwise_reply_missing_scores_fails_only_those_samples(judge):
+    provider = judge(mode="groupwise", model="partial", min_score=0)
+    rewards = provider(grouped("p1", "777", "7", "77") + grouped("p2", "7", "7777"))
+    assert [r.status for r in rewards] == [Status.OK, Status.OK, Status.ERROR, Status.OK, Status.ERROR]
+    assert "no score for response 3 of 3" in rewards[2].detail and "response 2 of 2" in rewards[4].detail
+    assert rewards[0].value == pytest.approx(0.3) and not rewards[2].usable
+    assert provider.metrics()["judge/parse_failures"] == 2
+
+
+def test_groupwise_splits_long_runs_and_fails_a_whole_group_on_timeout(judge, server):
+    provider = judge(mode="groupwise", max_group=2, min_score=0)
+    provider(grouped("p", "7", "77", "777", "7777", "77777"))
+    assert provider.metrics()["judge/groups"] == 2 and len(server.script.bodies) == 3  # 2 + 2 + a single
+    hung = judge(mode="groupwise", model="hang", timeout=0.2, max_retries=0)
+    rewards = hung(grouped("p", "7", "77"))
+    assert all(r.status is Status.TIMEOUT and "groupwise request for 2 responses" in r.detail for r in rewards)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -426,14 +560,55 @@ def test_serve_command_reports_bad_input(tmp_path, capsys):
     assert "--port must be between 0 and 65535" in capsys.readouterr().err
 
 
+def test_serve_drops_a_request_whose_client_went_away(tiny_model_path):
+    import openai
+
+    local = load_local_model(str(tiny_model_path), name="tiny")
+    with ServerThread(create_app(local)) as thread:
+        client = openai.OpenAI(base_url=thread.url, api_key="sk-local", max_retries=0, timeout=0.3)
+        with local.lock:  # the model is busy: the request waits, and its client gives up
+            with pytest.raises(openai.APITimeoutError):
+                client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+            deadline = time.monotonic() + 3
+            while local.cancelled == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert local.cancelled == 1  # noticed while still waiting for the model
+        time.sleep(0.1)
+        assert local.requests == 0 and local.in_flight == 0  # it never generated
+
+
+def test_serve_stops_generating_when_cancelled(tiny_model_path):
+    from rewardhub_judge.server import ChatRequest, RequestError
+
+    class CancelAfter(threading.Event):
+        """Reads as set from the 4th look on: the stopping criterion is asked once per generated token."""
+
+        looks = 0
+
+        def is_set(self):
+            self.looks += 1
+            return self.looks > 3
+
+    local = load_local_model(str(tiny_model_path), name="tiny")
+    cancel = CancelAfter()
+    request = ChatRequest(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=200,
+                          temperature=0)
+    with pytest.raises(RequestError, match="generation stopped") as info:
+        local.complete(request, cancel)
+    assert info.value.status == 499 and cancel.looks < 10  # stopped after a few tokens, not 200
+    assert local.cancelled == 1 and local.in_flight == 0
+
+
 # -------------------------------------------------------------------------------------------------------------
 # End to end: GRPO with the judge reward, through the CLI
 # -------------------------------------------------------------------------------------------------------------
 
-def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys):
+@pytest.mark.parametrize("mode", ["pointwise", "groupwise"])
+def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys, mode):
     out = tmp_path / "rlaif"
     code = main(["train", "--algo", "grpo", "--reward", "judge", "--reward-arg", f"base_url={server.url}",
-                 "--reward-arg", "model=score", "--reward-arg", "min_score=0", "--model", str(tiny_model_path),
+                 "--reward-arg", "model=score", "--reward-arg", "min_score=0", "--reward-arg", f"mode={mode}",
+                 "--model", str(tiny_model_path),
                  "--data-arg", "size=32", "--max-steps", "3", "--batch-size", "2", "--num-generations", "2",
                  "--max-new-tokens", "4", "--eval-size", "4", "--threads", "1", "--log-every", "1",
                  "--out", str(out)])
@@ -443,3 +618,6 @@ def test_grpo_trains_against_the_judge(tiny_model_path, tmp_path, server, capsys
     assert len(train) == 3 and all("reward/mean" in r for r in train)
     assert all(0.0 <= r["reward/mean"] <= 0.4 for r in train)  # 4 tokens hold at most 4 sevens: <= 4/10
     assert train[-1]["provider/judge/requests"] >= 1 and train[-1]["provider/status/ok"] >= 12
+    assert "provider/judge/concurrency_limit" in train[-1] and "provider/judge/cancelled" in train[-1]
+    if mode == "groupwise":  # the loop lays a prompt's generations out consecutively: one request per prompt
+        assert train[-1]["provider/judge/groups"] >= 1

@@ -7,12 +7,18 @@ It is meant for a judge during training and for tests, not as a production serve
 one generation at a time (one model, one lock), and it has no batching or streaming. vLLM and SGLang serve
 the same API at scale.
 
+A request whose client disconnects (the judge's timeout closes the connection) is dropped: if it is still
+waiting for the model it never starts, and a generation in progress stops at its next token (a stopping
+criterion that reads the request's cancel flag). So abandoned requests do not pile up behind the lock, the
+way vLLM aborts a request on disconnect. ``/health`` reports ``in_flight`` and ``cancelled``.
+
 :class:`ServerThread` runs it on a daemon thread (tests, examples, notebooks) through the core's
 :class:`rewardhub.http_server.AppThread`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -22,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from rewardhub.http_server import AppThread
 
@@ -70,6 +77,8 @@ class LocalModel:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.lock = threading.Lock()
         self.requests = 0
+        self.in_flight = 0
+        self.cancelled = 0
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         if not self.has_template:
             log.warning("tokenizer of %s has no chat template; messages are joined as 'role: content' lines", name)
@@ -83,9 +92,25 @@ class LocalModel:
                 raise RequestError(400, f"the chat template rejected the messages: {exc}") from exc
         return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant: "
 
-    def complete(self, request: ChatRequest) -> dict[str, Any]:
-        """Generate one reply; raises :class:`RequestError` for requests it cannot serve."""
+    def complete(self, request: ChatRequest, cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Generate one reply; raises :class:`RequestError` for requests it cannot serve.
+
+        ``cancel`` set (the client went away): the request stops waiting for the model, or stops generating at
+        the next token, and raises :class:`RequestError` 499.
+        """
+        self.in_flight += 1
+        try:
+            return self._complete(request, cancel or threading.Event())
+        finally:
+            self.in_flight -= 1
+
+    def _complete(self, request: ChatRequest, cancel: threading.Event) -> dict[str, Any]:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         if request.stream:
             raise RequestError(400, "stream=true is not supported by rewardhub serve; send stream=false")
@@ -99,7 +124,14 @@ class LocalModel:
         temperature = 1.0 if request.temperature is None else request.temperature
         sampling = {"do_sample": True, "temperature": temperature, "top_p": request.top_p or 1.0} \
             if temperature > 0 else {"do_sample": False}
-        with self.lock:  # one model: generations run one at a time
+        while not self.lock.acquire(timeout=0.05):  # one model: generations run one at a time
+            if cancel.is_set():
+                self.cancelled += 1
+                raise RequestError(499, "the client closed the request before it started")
+        try:
+            if cancel.is_set():
+                self.cancelled += 1
+                raise RequestError(499, "the client closed the request before it started")
             self.requests += 1
             if request.seed is not None:
                 torch.manual_seed(request.seed)
@@ -108,10 +140,16 @@ class LocalModel:
                 with torch.no_grad():
                     out = self.model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                                               max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id,
-                                              eos_token_id=self.tokenizer.eos_token_id, **sampling)
+                                              eos_token_id=self.tokenizer.eos_token_id,
+                                              stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling)
             except Exception as exc:
                 # a 500 the client should not retry: the same request would fail the same way
                 raise RequestError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
+        finally:
+            self.lock.release()
+        if cancel.is_set():
+            self.cancelled += 1
+            raise RequestError(499, "the client closed the request; generation stopped")
         new = out[0, ids.shape[1]:].tolist()
         eos = self.tokenizer.eos_token_id
         finish = "length"
@@ -136,7 +174,8 @@ def create_app(local: LocalModel, api_key: str | None = None):
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "model": local.name, "requests": local.requests}
+        return {"status": "ok", "model": local.name, "requests": local.requests, "in_flight": local.in_flight,
+                "cancelled": local.cancelled}
 
     @app.get("/v1/models")
     def models():
@@ -144,12 +183,21 @@ def create_app(local: LocalModel, api_key: str | None = None):
                                             "owned_by": "rewardhub"}]}
 
     @app.post("/v1/chat/completions")
-    def chat(request: ChatRequest):  # sync: runs in the thread pool, generation holds the lock
+    async def chat(request: ChatRequest, raw: Request):
         if request.model != local.name:
             return _error(404, f"The model {request.model!r} does not exist; this server serves {local.name!r}",
                           code="model_not_found")
+        cancel = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(local.complete, request, cancel))  # generation holds the lock
+        gone = asyncio.ensure_future(_disconnected(raw))
         try:
-            return JSONResponse(local.complete(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                cancel.set()  # the client went away (or the server is stopping): stop the generation
+            gone.cancel()
+        try:
+            return JSONResponse(await work)
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.kind, retry=exc.retry)
 
@@ -173,6 +221,12 @@ class ServerThread(AppThread):
     """An OpenAI-compatible app on a daemon thread; ``url`` is its ``/v1`` base URL."""
 
     base_path = "/v1"
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body has been read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _text(content: str | list[dict[str, Any]] | None) -> str:
