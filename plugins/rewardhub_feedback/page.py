@@ -4,10 +4,16 @@ Rendering on the server keeps the page working on a locked-down annotation machi
 disabled) and makes what the annotator sees testable: the page is the next open queue item, escaped, with one
 button per rating (or "A is better" / "B is better"), a skip link, and the annotator's name carried in the
 URL so several people can label the same store without seeing their own finished items again.
+
+Every form that changes the store carries the session's CSRF token (:mod:`.security`), and the page is sent
+with a Content-Security-Policy that allows only its own inline style (by hash), forms posting back to this
+server, and no framing (a labelling page inside another site's frame could be clicked through).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 from urllib.parse import urlencode
 
@@ -25,14 +31,27 @@ button { font-size: 1rem; padding: .5rem 1rem; margin: .2rem; cursor: pointer; }
 """
 
 
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def security_headers() -> dict[str, str]:
+    """Headers of every page: what the browser may load and run, no framing, no MIME sniffing."""
+    return {"Content-Security-Policy": f"default-src 'none'; style-src {_csp_hash(STYLE)}; form-action 'self'; "
+                                       "frame-ancestors 'none'; base-uri 'none'",
+            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+            "Cache-Control": "no-store"}
+
+
 def _url(annotator: str, after: int = 0) -> str:
     query = {k: v for k, v in (("annotator", annotator), ("after", after)) if v}
     return "/" + (f"?{urlencode(query)}" if query else "")
 
 
-def _hidden(item: QueueItem, annotator: str) -> str:
+def _hidden(item: QueueItem, annotator: str, csrf: str) -> str:
     return (f'<input type="hidden" name="item" value="{item.id}">'
-            f'<input type="hidden" name="annotator" value="{escape(annotator)}">')
+            f'<input type="hidden" name="annotator" value="{escape(annotator)}">'
+            f'<input type="hidden" name="csrf" value="{escape(csrf)}">')
 
 
 def _rating_controls(scale: tuple[float, float]) -> str:
@@ -45,18 +64,18 @@ def _rating_controls(scale: tuple[float, float]) -> str:
             '<button>Rate</button>')
 
 
-def _item_html(item: QueueItem, annotator: str, scale: tuple[float, float]) -> str:
+def _item_html(item: QueueItem, annotator: str, scale: tuple[float, float], csrf: str) -> str:
     head = (f'<p class="muted">item #{item.id} ({item.kind}; {item.labels} of {item.required} label(s); '
             f'source {escape(item.source or "-")})</p><h3>Prompt</h3><pre>{escape(item.prompt)}</pre>')
     if item.kind == "rating":
         body = (f"<h3>Completion</h3><pre>{escape(item.completion_a)}</pre>"
-                f'<form method="post" action="/label">{_hidden(item, annotator)}'
+                f'<form method="post" action="/label">{_hidden(item, annotator, csrf)}'
                 f"<p>How good is this completion? ({scale[0]:g} = worst, {scale[1]:g} = best)</p>"
                 f"{_rating_controls(scale)}</form>")
     else:
         body = (f'<div class="pair"><div><h3>A</h3><pre>{escape(item.completion_a)}</pre></div>'
                 f'<div><h3>B</h3><pre>{escape(item.completion_b)}</pre></div></div>'
-                f'<form method="post" action="/label">{_hidden(item, annotator)}<p>Which reply is better?</p>'
+                f'<form method="post" action="/label">{_hidden(item, annotator, csrf)}<p>Which reply is better?</p>'
                 '<button name="choice" value="a">A is better</button>'
                 '<button name="choice" value="b">B is better</button></form>')
     skip = f'<p><a href="{escape(_url(annotator, item.id))}">Skip this item</a> (it stays in the queue)</p>'
@@ -64,11 +83,14 @@ def _item_html(item: QueueItem, annotator: str, scale: tuple[float, float]) -> s
 
 
 def render_page(item: QueueItem | None, annotator: str, after: int, scale: tuple[float, float],
-                counts: dict, error: str = "") -> str:
-    """The whole page for ``annotator``: the item to label (or why there is none) and the queue's counts."""
+                counts: dict, error: str = "", csrf: str = "") -> str:
+    """The whole page for ``annotator``: the item to label (or why there is none) and the queue's counts.
+
+    ``csrf``: the session's CSRF token, put in every form that posts.
+    """
     who = escape(annotator)
     if item is not None:
-        main = _item_html(item, annotator, scale)
+        main = _item_html(item, annotator, scale, csrf)
     elif after:
         main = (f"<p>No open item after #{after} that you have not labelled. "
                 f'<a href="{escape(_url(annotator))}">Go back to the items you skipped</a>.</p>')

@@ -30,6 +30,17 @@ def _short(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[:n] + "...'"
 
 
+def check_unicode(value: str, field: str, where: str) -> str:
+    """Refuse a string SQLite cannot store as UTF-8: a lone surrogate (JSON's ``"\\ud800"`` decodes to one)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where}: `{field}` holds a lone surrogate ({value[exc.start]!r} at character "
+                        f"{exc.start}), which is not valid Unicode text; send the text as UTF-8, with any "
+                        "character outside the BMP as a complete surrogate pair") from None
+    return value
+
+
 def is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, Mapping) for m in value)
 
@@ -42,7 +53,8 @@ def check_messages(value: list, field: str, where: str) -> list[dict[str, str]]:
         if not isinstance(role, str) or not role.strip() or not isinstance(content, str):
             raise DataError(f"{where}: `{field}` message {i} needs a non-empty string `role` and a string "
                             f"`content`, got {_short(dict(m))}")
-        out.append({"role": role, "content": content})
+        out.append({"role": check_unicode(role, f"{field}[{i}].role", where),
+                    "content": check_unicode(content, f"{field}[{i}].content", where)})
     return out
 
 
@@ -51,7 +63,7 @@ def check_text(value: Any, field: str, where: str, *, allow_empty: bool = False,
     if isinstance(value, str):
         if not allow_empty and not value.strip():
             raise DataError(f"{where}: `{field}` is empty; give the text that was shown to the annotator")
-        return value
+        return check_unicode(value, field, where)
     if allow_chat and is_messages(value):
         return check_messages(value, field, where)
     kind = "a string or a list of {role, content} messages" if allow_chat else "a string"
@@ -65,7 +77,7 @@ def check_name(value: Any, field: str, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_NAME or "\n" in value:
         raise DataError(f"{where}: `{field}` must be a one-line string of at most {MAX_NAME} characters, "
                         f"got {_short(value)}")
-    return value.strip()
+    return check_unicode(value, field, where).strip()
 
 
 def check_metadata(value: Any, where: str) -> str | None:
@@ -75,9 +87,10 @@ def check_metadata(value: Any, where: str) -> str | None:
     if not isinstance(value, Mapping):
         raise DataError(f"{where}: `metadata` must be a JSON object, got {type(value).__name__}")
     try:
-        return json.dumps(dict(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(dict(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: `metadata` is not JSON-serialisable ({exc})") from None
+    return check_unicode(text, "metadata", where)
 
 
 def check_score(value: Any, scale: tuple[float, float], where: str) -> float:
@@ -157,3 +170,4 @@ def comparison_from_row(row: Any, where: str, annotator: str, source: str) -> di
             "annotator": check_name(annotator if own_annotator is None else own_annotator, "annotator", where),
             "source": check_name(source if own_source is None else own_source, "source", where),
             "metadata": check_metadata(merged, where), "created_at": created}
+
