@@ -186,8 +186,9 @@ def test_import_export_round_trip_of_arithmetic_preferences(tmp_path):
         raw_a = list(a.export_rows(raw=True))
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert n == 64 and triples(out) == triples(rows) and set(out[0]) == {"prompt", "chosen", "rejected"}
-    assert raw_a[0]["annotator"] == "ann" and raw_a[0]["source"] == "prefs.jsonl"
-    assert raw_a[0]["metadata"]["answer"] == rows[0]["answer"] and raw_a[0]["metadata"]["margin"] == 1.0
+    assert raw_a[0] == {"record": "store", "schema_version": 2, "min_score": 1.0, "max_score": 5.0}
+    assert raw_a[1]["annotator"] == "ann" and raw_a[1]["source"] == "prefs.jsonl"
+    assert raw_a[1]["metadata"]["answer"] == rows[0]["answer"] and raw_a[1]["metadata"]["margin"] == 1.0
     with FeedbackStore(tmp_path / "b.db") as b:      # the raw export restores everything, times included
         b.import_jsonl(tmp_path / "raw.jsonl")
         assert list(b.export_rows(raw=True)) == raw_a
@@ -359,7 +360,7 @@ def test_http_api_and_labelling_page(store):
         assert code == 200 and triples(map(json.loads, text.splitlines())) == [("Pick one", "right", "left"),
                                                                               ("p", "a", "b")]
         raw = [json.loads(line) for line in http("GET", f"{url}/api/export?raw=true")[1].splitlines()]
-        assert raw[1]["annotator"] == "bob" and raw[1]["metadata"] == {"task": "demo"}
+        assert raw[2]["annotator"] == "bob" and raw[2]["metadata"] == {"task": "demo"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def test_cli_import_export_stats(tmp_path, capsys):
     assert main(["feedback", "export", "--db", db, "-o", str(tmp_path / "out.jsonl")]) == 0
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 24 and "wrote 24 row(s)" in capsys.readouterr().out
     assert main(["feedback", "export", "--db", db, "--raw"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 40
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 40       # the store header, then the comparisons
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
     assert main(["feedback", "import", str(bad), "--db", str(tmp_path / "new.db")]) == 2

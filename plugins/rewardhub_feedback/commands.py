@@ -51,7 +51,7 @@ class FeedbackImportConfig(StoreArgs):
 @dataclass
 class FeedbackExportConfig(StoreArgs):
     output: str | None = setting(None, "output file (none: standard output)", short="-o")
-    raw: bool = setting(False, "every comparison with its annotator and metadata")
+    raw: bool = setting(False, "the whole store (comparisons, ratings, queue) with ids, annotators, times: a backup")
 
 
 @dataclass
@@ -84,8 +84,10 @@ def add_feedback_parser(sub):
                         "bad row imports nothing.")
     e = fsub.add_parser("export", help="write the pairs as JSONL (TRL preference format)",
                         description="Write the store's pairs as JSONL with prompt/chosen/rejected, one row per "
-                        "labelled pair in the majority's direction (what DPO trains on). --raw writes every stored "
-                        "comparison with annotator, time, source and metadata (a lossless backup).")
+                        "labelled pair in the majority's direction (what DPO trains on). --raw writes the whole "
+                        "store, a lossless backup that `import` restores: a header with the rating scale, then "
+                        "every comparison (ties and both-bad included), rating and queue item with its id, "
+                        "annotator, time, source and metadata.")
     t = fsub.add_parser("stats", help="print what the store holds",
                         description="Counts: comparisons, distinct pairs, evenly split pairs, ratings, "
                         "annotators and the labelling queue.")
@@ -114,9 +116,14 @@ def run_feedback(args) -> int:
         serve(store, cfg.host, cfg.port, token=token, max_body_kb=cfg.max_body_kb)
         return 0
     if cmd == "import":
+        from .store import raw_header
+
         is_new = not Path(cfg.db).expanduser().exists()
+        # a raw export restored into a new store brings its rating scale along
+        header = raw_header(Path(cfg.source)) if is_new and cfg.source.endswith(".jsonl") else None
+        scale = (header["min_score"], header["max_score"]) if header else (None, None)
         try:
-            return _import(cfg, FeedbackStore(cfg.db))
+            return _import(cfg, FeedbackStore(cfg.db, min_score=scale[0], max_score=scale[1]))
         except BaseException:
             if is_new:  # a failed import must not leave an empty store behind to confuse the next command
                 for suffix in ("", "-wal", "-shm"):
@@ -140,6 +147,13 @@ def _import(cfg: FeedbackImportConfig, store) -> int:
             result = store.add_comparisons(rows, cfg.annotator, cfg.source_tag or cfg.source,
                                            where=f"{cfg.source} row")
         stats = store.stats()
+    kinds = result.added_by_record
+    if set(kinds) - {"comparison"}:  # a raw export: say what each table got
+        what = ", ".join(f"{n} {k}(s)" for k, n in kinds.items())
+        console.print(f"imported {what} into {stats['path']} ({result.duplicates} already stored); the store "
+                      f"now has {stats['pairs']} pair(s), {stats['ratings']} rating(s), {stats['queue_open']} open "
+                      "queue item(s)")
+        return 0
     console.print(f"imported {result.added} comparison(s) into {stats['path']} ({result.duplicates} already "
                   f"stored); the store now has {stats['pairs']} pair(s)")
     return 0
