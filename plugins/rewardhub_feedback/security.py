@@ -202,7 +202,7 @@ class Guard:
         if api or method in UNSAFE:
             return _error(401, "this feedback server needs its token: send `Authorization: Bearer TOKEN` "
                           f"(the token is in {TOKEN_ENV} where the server was started)", api)
-        return _login_page(401)
+        return _login_page(401, annotator=dict(parse_qsl(query)).get("annotator", ""))
 
     async def _read_body(self, headers, receive) -> bytes:
         limit = self.max_body
@@ -281,17 +281,19 @@ def _error(status: int, detail: str, api: bool):
                         status_code=status)
 
 
-def _login_page(status: int, message: str = ""):
+def _login_page(status: int, message: str = "", annotator: str = ""):
+    """The login form; it carries the annotator name of the URL it replaced through the login."""
     from html import escape
 
     from starlette.responses import HTMLResponse
 
     note = f"<p><b>{escape(message)}</b></p>" if message else ""
+    keep = f'<input type="hidden" name="annotator" value="{escape(annotator)}">' if annotator else ""
     return HTMLResponse(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>rewardhub feedback: log in</title></head>"
         f"<body><h2>rewardhub feedback</h2>{note}<p>This labelling server needs its token (ask whoever started "
         f"it; it is in {TOKEN_ENV} there), or open the link with <code>?token=</code> they sent you.</p>"
-        '<form method="post" action="/login"><label>Token <input type="password" name="token" '
+        f'<form method="post" action="/login">{keep}<label>Token <input type="password" name="token" '
         'autocomplete="current-password" required></label> <button>Log in</button></form></body></html>',
         status_code=status)
 

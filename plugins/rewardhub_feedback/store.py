@@ -37,6 +37,7 @@ from rewardhub.data_files import read_jsonl
 from rewardhub.errors import DataError
 from rewardhub.rewards import PreferencePair
 
+from . import agreement
 from .schema import OUTCOMES, SCHEMA_VERSION, connect, initialise
 from .validation import (
     check_metadata,
@@ -386,23 +387,47 @@ class FeedbackStore:
                             f"{required!r}")
         source = check_name(source, "source", "queue")
         meta = check_metadata(metadata, "queue")
-        ids = []
         with self._write() as conn:
-            for kind, prompt, a, b in checked:
-                found = conn.execute(
-                    f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE status = 'open' AND kind = ? AND prompt = ? AND "
-                    "((completion_a = ? AND completion_b = ?) OR (completion_a = ? AND completion_b = ?))",
-                    (kind, prompt, a, b, b, a)).fetchone()
-                if found:
-                    ids.append(found[0])
-                    continue
-                cur = conn.execute(
-                    "INSERT INTO queue (kind, prompt, completion_a, completion_b, required, created_at, source, "
-                    "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (kind, prompt, a, b, required, time.time(),
-                                                                  source, meta))
-                ids.append(cur.lastrowid)
-                self._close_queue_items(conn, kind, prompt, a, b)  # already labelled: done at once
-        return ids
+            return [self._insert_queue_item(conn, *values, required, source, meta) for values in checked]
+
+    def enqueue_items(self, items: Sequence[Mapping[str, Any]], source: str = "api") -> list[int]:
+        """Queue many items, each with its own settings, in one transaction: all of them or (one bad) none.
+
+        Each item: ``prompt``, ``completions`` (one to rate, two to compare), optional ``required``,
+        ``source`` (default ``source``), ``metadata``, and ``where`` (how errors name it).
+        """
+        checked, problems = [], []
+        for i, item in enumerate(items):
+            where = item.get("where") or f"queue item {i}"
+            try:
+                values = self._queue_values(item.get("prompt"), item.get("completions"), where)
+                required = item.get("required", 1)
+                if isinstance(required, bool) or not isinstance(required, int) or required < 1:
+                    raise DataError(f"{where}: `required` (labels needed to close an item) must be an integer >= 1, "
+                                    f"got {required!r}")
+                checked.append((*values, required, check_name(item.get("source", source), "source", where),
+                                check_metadata(item.get("metadata"), where)))
+            except DataError as exc:
+                problems.append(str(exc))
+        if problems:
+            _raise_problems(problems, "bad queue item(s)", "queued")
+        with self._write() as conn:
+            return [self._insert_queue_item(conn, *values) for values in checked]
+
+    def _insert_queue_item(self, conn: sqlite3.Connection, kind: str, prompt: str, a: str, b: str, required: int,
+                           source: str, meta: str | None) -> int:
+        """A new open item, or the id of the identical open one (either order)."""
+        found = conn.execute(
+            "SELECT id FROM queue WHERE status = 'open' AND kind = ? AND prompt = ? AND "
+            "((completion_a = ? AND completion_b = ?) OR (completion_a = ? AND completion_b = ?))",
+            (kind, prompt, a, b, b, a)).fetchone()
+        if found:
+            return found[0]
+        cur = conn.execute(
+            "INSERT INTO queue (kind, prompt, completion_a, completion_b, required, created_at, source, metadata) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (kind, prompt, a, b, required, time.time(), source, meta))
+        self._close_queue_items(conn, kind, prompt, a, b)  # already labelled: done at once
+        return cur.lastrowid
 
     def _insert_queue_record(self, conn: sqlite3.Connection, r: Mapping[str, Any]) -> tuple[int, bool]:
         """Insert a raw export's queue item as it was (status, labels, time); the same item is not doubled."""
@@ -539,11 +564,12 @@ class FeedbackStore:
                 "ratings": conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0],
                 "queue_open": self.queue_counts()["open"], "path": str(self.path)}
 
-    def stats(self) -> dict[str, Any]:
-        """Counts for `rewardhub feedback stats` and ``GET /api/stats``.
+    def stats(self, per_item: bool = False) -> dict[str, Any]:
+        """Counts and agreement for `rewardhub feedback stats` and ``GET /api/stats``.
 
         ``comparisons`` counts preferences; ``ties`` and ``both_bad`` the judgements that preferred neither
-        reply.
+        reply. ``agreement`` (see :mod:`.agreement`) covers comparisons and ratings separately; ``per_item``
+        adds each item judged by 2+ annotators with its votes and majority share.
         """
         conn = self._conn()
         one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731 - a local shorthand
@@ -562,7 +588,33 @@ class FeedbackStore:
                "ratings": one("SELECT COUNT(*) FROM ratings"),
                "rated_completions": one("SELECT COUNT(*) FROM (SELECT 1 FROM ratings GROUP BY prompt, completion)"),
                "annotators": annotators, "queue_open": queue["open"], "queue_done": queue["done"]}
+        compared, rated = self._labels_by_item()
+        out["agreement"] = {"comparisons": agreement.summarise(compared), "ratings": agreement.summarise(rated)}
+        if per_item:
+            out["items"] = [
+                {"kind": "comparison", "prompt": decode_field(f, p), "a": decode_field(f, a),
+                 "b": decode_field(f, b), "annotators": sum(c.values()), "votes": dict(sorted(c.items())),
+                 "majority_share": share} for (f, p, a, b), c, share in agreement.per_item(compared)] + [
+                {"kind": "rating", "prompt": p, "completion": completion, "annotators": sum(c.values()),
+                 "votes": {f"{k:g}": v for k, v in sorted(c.items())}, "majority_share": share}
+                for (p, completion), c, share in agreement.per_item(rated)]
         return out
+
+    def _labels_by_item(self) -> tuple[dict, dict]:
+        """``{item: {annotator: category}}`` for comparisons (A is the reply that sorts first; categories
+        ``a``, ``b``, ``tie``, ``both_bad``) and for ratings (categories: the scores)."""
+        conn = self._conn()
+        compared: dict[tuple, dict[str, str]] = {}
+        for f, p, c, r, outcome, annotator in conn.execute(
+                "SELECT format, prompt, chosen, rejected, outcome, annotator FROM comparisons"):
+            a, b = sorted((c, r))
+            category = outcome if outcome != "preferred" else ("a" if c == a else "b")
+            compared.setdefault((f, p, a, b), {})[annotator] = category
+        rated: dict[tuple, dict[str, float]] = {}
+        for p, completion, score, annotator in conn.execute(
+                "SELECT prompt, completion, score, annotator FROM ratings"):
+            rated.setdefault((p, completion), {})[annotator] = score
+        return compared, rated
 
 
 def raw_header(path: Path) -> dict[str, float] | None:
@@ -590,7 +642,8 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def _raise_problems(problems: list[str], what: str) -> None:
+def _raise_problems(problems: list[str], what: str, done: str = "imported") -> None:
     shown = "\n  - ".join(problems[:10])
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-    raise DataError(f"{len(problems)} {what}; nothing was imported. Fix them and import again:\n  - {shown}{more}")
+    again = {"imported": "import", "queued": "queue them"}.get(done, "try")
+    raise DataError(f"{len(problems)} {what}; nothing was {done}. Fix them and {again} again:\n  - {shown}{more}")
