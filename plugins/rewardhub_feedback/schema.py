@@ -7,7 +7,7 @@ block the writer and the writer never blocks readers. ``synchronous=FULL`` becau
 time: once the API has answered, the label survives a power cut.
 
 The schema version is SQLite's ``user_version``; a store written by a newer rewardhub is refused rather than
-misread.
+misread, and an older one is upgraded in place when opened (version 1 -> 2 adds ``comparisons.outcome``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from rewardhub.errors import DataError
 
 from .validation import check_scale
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OUTCOMES = ("preferred", "tie", "both_bad")
 DEFAULT_SCALE = (1.0, 5.0)
 
 SCHEMA = """
@@ -27,7 +28,9 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
--- one judgement "chosen beats rejected", format 'text' (plain strings) or 'chat' (each field JSON)
+-- one judgement of two replies, format 'text' (plain strings) or 'chat' (each field JSON). outcome
+-- 'preferred': chosen beats rejected. 'tie' (equally good) or 'both_bad': no preference, and chosen/rejected
+-- are merely the two replies as shown (A, B). Only 'preferred' rows are DPO pairs.
 CREATE TABLE comparisons (
     id         INTEGER PRIMARY KEY,
     format     TEXT NOT NULL DEFAULT 'text' CHECK (format IN ('text', 'chat')),
@@ -38,6 +41,7 @@ CREATE TABLE comparisons (
     created_at REAL NOT NULL,
     source     TEXT NOT NULL DEFAULT '',
     metadata   TEXT,
+    outcome    TEXT NOT NULL DEFAULT 'preferred' CHECK (outcome IN ('preferred', 'tie', 'both_bad')),
     CHECK (chosen <> rejected),
     UNIQUE (format, prompt, chosen, rejected, annotator)
 );
@@ -72,6 +76,12 @@ CREATE INDEX queue_by_content ON queue (prompt, completion_a, completion_b);
 """
 
 OUR_TABLES = {"meta", "comparisons", "ratings", "queue"}
+
+#: In-place upgrades: ``UPGRADES[v]`` takes a store from version ``v`` to ``v + 1`` (inside one transaction).
+UPGRADES = {
+    1: ["ALTER TABLE comparisons ADD COLUMN outcome TEXT NOT NULL DEFAULT 'preferred' "
+        "CHECK (outcome IN ('preferred', 'tie', 'both_bad'))"],
+}
 
 
 def connect(path: Path, timeout_s: float) -> sqlite3.Connection:
@@ -115,6 +125,11 @@ def initialise(conn: sqlite3.Connection, path: Path, min_score: float | None = N
         elif version > SCHEMA_VERSION:
             raise DataError(f"{path} has feedback schema version {version}, newer than this rewardhub understands "
                             f"({SCHEMA_VERSION}); upgrade rewardhub to read it")
+        elif version in UPGRADES and tables >= OUR_TABLES:
+            for v in range(version, SCHEMA_VERSION):
+                for statement in UPGRADES[v]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION or not tables >= OUR_TABLES:
             raise DataError(f"{path} has an unknown feedback schema (version {version}, tables "
                             f"{', '.join(sorted(tables))}); it was not written by rewardhub feedback")

@@ -30,6 +30,17 @@ def _short(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[:n] + "...'"
 
 
+def check_unicode(value: str, field: str, where: str) -> str:
+    """Refuse a string SQLite cannot store as UTF-8: a lone surrogate (JSON's ``"\\ud800"`` decodes to one)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where}: `{field}` holds a lone surrogate ({value[exc.start]!r} at character "
+                        f"{exc.start}), which is not valid Unicode text; send the text as UTF-8, with any "
+                        "character outside the BMP as a complete surrogate pair") from None
+    return value
+
+
 def is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, Mapping) for m in value)
 
@@ -42,7 +53,8 @@ def check_messages(value: list, field: str, where: str) -> list[dict[str, str]]:
         if not isinstance(role, str) or not role.strip() or not isinstance(content, str):
             raise DataError(f"{where}: `{field}` message {i} needs a non-empty string `role` and a string "
                             f"`content`, got {_short(dict(m))}")
-        out.append({"role": role, "content": content})
+        out.append({"role": check_unicode(role, f"{field}[{i}].role", where),
+                    "content": check_unicode(content, f"{field}[{i}].content", where)})
     return out
 
 
@@ -51,7 +63,7 @@ def check_text(value: Any, field: str, where: str, *, allow_empty: bool = False,
     if isinstance(value, str):
         if not allow_empty and not value.strip():
             raise DataError(f"{where}: `{field}` is empty; give the text that was shown to the annotator")
-        return value
+        return check_unicode(value, field, where)
     if allow_chat and is_messages(value):
         return check_messages(value, field, where)
     kind = "a string or a list of {role, content} messages" if allow_chat else "a string"
@@ -65,7 +77,7 @@ def check_name(value: Any, field: str, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_NAME or "\n" in value:
         raise DataError(f"{where}: `{field}` must be a one-line string of at most {MAX_NAME} characters, "
                         f"got {_short(value)}")
-    return value.strip()
+    return check_unicode(value, field, where).strip()
 
 
 def check_metadata(value: Any, where: str) -> str | None:
@@ -75,9 +87,10 @@ def check_metadata(value: Any, where: str) -> str | None:
     if not isinstance(value, Mapping):
         raise DataError(f"{where}: `metadata` must be a JSON object, got {type(value).__name__}")
     try:
-        return json.dumps(dict(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(dict(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: `metadata` is not JSON-serialisable ({exc})") from None
+    return check_unicode(text, "metadata", where)
 
 
 def check_score(value: Any, scale: tuple[float, float], where: str) -> float:
@@ -157,3 +170,83 @@ def comparison_from_row(row: Any, where: str, annotator: str, source: str) -> di
             "annotator": check_name(annotator if own_annotator is None else own_annotator, "annotator", where),
             "source": check_name(source if own_source is None else own_source, "source", where),
             "metadata": check_metadata(merged, where), "created_at": created}
+
+
+# -- a raw export's records (``rewardhub feedback export --raw``) -------------------------------------------
+
+OUTCOMES = ("preferred", "tie", "both_bad")
+_COMMON = {"record", "id", "annotator", "created_at", "source", "metadata"}
+RAW_FIELDS = {
+    "store": {"record", "schema_version", "min_score", "max_score"},
+    "comparison": _COMMON | {"outcome", "prompt", "chosen", "rejected", "completion_a", "completion_b"},
+    "rating": _COMMON | {"prompt", "completion", "score"},
+    "queue": _COMMON | {"kind", "prompt", "completions", "status", "labels", "required"},
+}
+
+
+def _int(row: Mapping, key: str, where: str, low: int, default: Any = ...) -> Any:
+    value = row.get(key, default)
+    if value is ... or isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DataError(f"{where}: `{key}` must be an integer >= {low}, got {_short(value)}")
+    return value
+
+
+def _common(row: Mapping, where: str) -> dict[str, Any]:
+    row_id = row.get("id")
+    if row_id is not None:
+        _int(row, "id", where, 1)
+    created = row.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+        raise DataError(f"{where}: `created_at` must be a unix time in seconds, got {_short(created)}")
+    meta = row.get("metadata")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise DataError(f"{where}: `metadata` must be a JSON object, got {type(meta).__name__}")
+    return {"id": row_id, "created_at": float(created),
+            "annotator": check_name(row.get("annotator"), "annotator", where),
+            "source": check_name(row.get("source"), "source", where), "metadata": check_metadata(meta, where)}
+
+
+def raw_record(row: Mapping, where: str, scale: tuple[float, float]) -> tuple[str, dict[str, Any]]:
+    """One row of a raw export -> (record kind, the store's column values), validated like a live write."""
+    kind = row.get("record")
+    if kind not in RAW_FIELDS:
+        raise DataError(f"{where}: `record` must be one of {', '.join(RAW_FIELDS)} (a raw export's rows), got "
+                        f"{_short(kind)}")
+    unknown = sorted(set(row) - RAW_FIELDS[kind])
+    if unknown:
+        raise DataError(f"{where}: a raw {kind} record has no field(s) {', '.join(unknown)}; expected "
+                        f"{', '.join(sorted(RAW_FIELDS[kind]))}")
+    if kind == "store":
+        lo, hi = row.get("min_score"), row.get("max_score")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+            raise DataError(f"{where}: the store header needs numeric min_score and max_score")
+        return kind, {"min_score": float(lo), "max_score": float(hi)}
+    out = _common(row, where)
+    if kind == "comparison":
+        outcome = row.get("outcome", "preferred")
+        if outcome not in OUTCOMES:
+            raise DataError(f"{where}: `outcome` must be one of {', '.join(OUTCOMES)}, got {_short(outcome)}")
+        first, second = ("chosen", "rejected") if outcome == "preferred" else ("completion_a", "completion_b")
+        if row.get(first) is None or row.get(second) is None:
+            raise DataError(f"{where}: a comparison with outcome {outcome} needs `{first}` and `{second}`")
+        fmt, p, a, b = encode_pair(row.get("prompt"), row[first], row[second], where)
+        return kind, {**out, "format": fmt, "prompt": p, "chosen": a, "rejected": b, "outcome": outcome}
+    prompt = check_text(row.get("prompt"), "prompt", where)
+    if kind == "rating":
+        return kind, {**out, "prompt": prompt, "score": check_score(row.get("score"), scale, where),
+                      "completion": check_text(row.get("completion"), "completion", where, allow_empty=True)}
+    completions = row.get("completions")
+    q_kind = row.get("kind")
+    want = {"rating": 1, "comparison": 2}.get(q_kind)
+    if want is None or not isinstance(completions, list) or len(completions) != want:
+        raise DataError(f"{where}: a queue record needs `kind` rating (one completion) or comparison (two), "
+                        f"with `completions` to match; got kind {_short(q_kind)}, completions {_short(completions)}")
+    texts = [check_text(c, f"completions[{i}]", where, allow_empty=want == 1) for i, c in enumerate(completions)]
+    if want == 2 and texts[0] == texts[1]:
+        raise DataError(f"{where}: the two completions are identical; there is nothing to compare")
+    status = row.get("status")
+    if status not in ("open", "done"):
+        raise DataError(f"{where}: `status` must be open or done, got {_short(status)}")
+    return kind, {**out, "kind": q_kind, "prompt": prompt, "completion_a": texts[0],
+                  "completion_b": texts[1] if want == 2 else "", "status": status,
+                  "labels": _int(row, "labels", where, 0), "required": _int(row, "required", where, 1)}
