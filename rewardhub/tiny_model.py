@@ -76,7 +76,9 @@ def build_tiny_model(path: str | os.PathLike, seed: int = 0, **config_overrides)
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the first run's output
     tok = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok),
