@@ -8,19 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rewardhub.config import (
-    TRL_ALIASES,
-    DPOConfig,
-    RewardModelConfig,
-    RLConfig,
-    SFTConfig,
-    add_flags,
-    aliases_of,
-    build_config,
-    load_config,
-    trl_alias_table,
-)
+from rewardhub.config import DPOConfig, RewardModelConfig, RLConfig, SFTConfig, add_flags, build_config, load_config
 from rewardhub.errors import ConfigError
+from rewardhub.trl_names import TRL_ALIASES, aliases_of, trl_alias_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIGS = (SFTConfig, RLConfig, DPOConfig, RewardModelConfig)
@@ -154,4 +144,4 @@ def test_readme_table_matches_the_code():
     text = README.read_text()
     found = re.search(r"<!-- trl-aliases:start -->\n(.*?)\n<!-- trl-aliases:end -->", text, re.S)
     assert found, "README lacks the TRL alias table markers"
-    assert found.group(1) == trl_alias_table(), "regenerate with rewardhub.config.trl_alias_table()"
+    assert found.group(1) == trl_alias_table(), "regenerate with rewardhub.trl_names.trl_alias_table()"
