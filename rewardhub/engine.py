@@ -178,6 +178,13 @@ class DataOrder:
         return batches
 
 
+def checkpoint_dirs(out: str | Path) -> list[Path]:
+    """The ``out/checkpoints/step-N`` directories, newest first (partial ones, ``.partial-step-N``, left out)."""
+    steps = [p for p in (Path(out) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
+             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True)
+
+
 class Checkpointer:
     """Save and find ``out/checkpoints/step-N`` directories; keep the newest ``keep``.
 
@@ -193,10 +200,7 @@ class Checkpointer:
         self.keep = keep
 
     def _complete(self) -> list[Path]:
-        """``step-N`` directories, newest first."""
-        steps = [p for p in self.root.glob(f"{CHECKPOINT_PREFIX}*")
-                 if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-        return sorted(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True)
+        return checkpoint_dirs(self.root.parent)
 
     def latest(self) -> Path | None:
         """The newest checkpoint whose ``trainer_state.json`` reads back; damaged ones are skipped (warned)."""

@@ -192,8 +192,10 @@ def outputs_in(out: Path) -> list[str]:
 
 
 def latest_step(out: Path) -> int | None:
-    steps = [int(p.name[5:]) for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
-    return max(steps) if steps else None
+    from rewardhub.engine import CHECKPOINT_PREFIX, checkpoint_dirs
+
+    newest = checkpoint_dirs(out)[:1]
+    return int(newest[0].name[len(CHECKPOINT_PREFIX):]) if newest else None
 
 
 def describe(out: Path, record: dict[str, Any] | None) -> str:

@@ -48,11 +48,12 @@ def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
 def print_outputs(out: str | Path, final: Mapping[str, Any]) -> None:
     """Where a training run's results went: metrics, the newest checkpoint, sampled completions, the model."""
     out = Path(out)
-    checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit()
-                         else -1)
+    from rewardhub.engine import checkpoint_dirs
+
+    checkpoints = checkpoint_dirs(out)
     parts = [f"metrics: {out / 'metrics.jsonl'}"]
     if checkpoints:
-        parts.append(f"checkpoint: {checkpoints[-1]}")
+        parts.append(f"checkpoint: {checkpoints[0]}")
     if (out / "completions").is_dir():
         parts.append(f"sampled completions: {out / 'completions'}/")
     parts.append(f"model: {final.get('model_path', out / 'model')}")
