@@ -447,6 +447,25 @@ class RLConfig(TrainConfig):
     loss_agg: LossAgg = setting("token-mean", "how per-token losses add up (verl's loss_agg_mode)")
     skip_zero_advantage: bool = setting(True, "skip the passes of rows whose loss is exactly zero (same gradient)")
     recompute_logprobs: bool = setting(False, "recompute old log-probs instead of reusing the sampler's")
+    generation_server: str | None = setting(None, "sample rollouts on this OpenAI-compatible server (vLLM, SGLang, "
+                                            "rewardhub serve), e.g. http://127.0.0.1:8000/v1 (none: in-process)")
+    generation_model: str | None = setting(None, "model name sent to --generation-server (none: the first one its "
+                                           "/v1/models lists)")
+    generation_api_key: str | None = setting(None, "bearer token for --generation-server (none: $OPENAI_API_KEY if "
+                                             "set; prefer it: options are written to OUT/run.json)")
+    generation_sync: Literal["auto", "lora", "full", "none"] = setting(
+        "auto", "how weights reach --generation-server after each update: lora (adapter via /v1/load_lora_adapter), "
+        "full (weights via /v1/update_weights, or /update_weights_from_disk with --generation-sync-dir), auto (lora "
+        "when lora_r > 0, else full), none (the server keeps its own)")
+    generation_sync_dir: str | None = setting(None, "a directory --generation-server can read, for LoRA adapters "
+                                              "(default OUT/weight_sync) and, when set, full weights (SGLang's "
+                                              "/update_weights_from_disk)")
+    generation_logprobs: Literal["auto", "server", "recompute"] = setting(
+        "auto", "old log-probs from --generation-server (server), from a trainer forward pass (recompute), or auto: "
+        "the server's when it is rewardhub serve, else recomputed (vLLM's differ unless temperature 1 and no "
+        "top-k/top-p)")
+    generation_timeout: float = setting(600.0, "seconds one request to --generation-server may take")
+    generation_concurrency: int = setting(16, "requests to --generation-server in flight at once (one per prompt)")
     sft_warmup_steps: int = setting(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
                                     "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
 
@@ -502,6 +521,31 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
     if cfg.minibatch_size and cfg.minibatch_size < cfg.grad_accum:
         p.append(f"minibatch_size ({cfg.minibatch_size}) must be >= grad_accum ({cfg.grad_accum})")
+    return p + _generation_server_problems(cfg)
+
+
+def _generation_server_problems(cfg: RLConfig) -> list[str]:
+    """The ``generation_*`` options: a URL that can be one, and no server option without a server."""
+    p = []
+    url = cfg.generation_server
+    if url is not None and not str(url).strip().startswith(("http://", "https://")):
+        p.append(f"generation_server must be an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1), got {url!r}")
+    if not cfg.generation_timeout > 0:
+        p.append(f"generation_timeout must be > 0 seconds, got {cfg.generation_timeout}")
+    if cfg.generation_concurrency < 1:
+        p.append(f"generation_concurrency must be >= 1, got {cfg.generation_concurrency}")
+    if url is None:
+        given = [n for n in ("generation_model", "generation_api_key", "generation_sync_dir") if getattr(cfg, n)]
+        given += [n for n, default in (("generation_sync", "auto"), ("generation_logprobs", "auto"))
+                  if getattr(cfg, n) != default]
+        if given:
+            p.append(f"{', '.join(given)} set without generation_server; give the server's URL "
+                     "(--generation-server http://HOST:PORT/v1) or drop them")
+    elif cfg.generation_sync == "lora" and cfg.lora_r == 0:
+        p.append("generation_sync=lora needs a LoRA policy: set lora_r > 0 (or generation_sync auto/full)")
+    elif cfg.generation_sync == "full" and cfg.lora_r > 0:
+        p.append("generation_sync=full with lora_r > 0 would send the base weights without the adapter; use "
+                 "generation_sync=lora (or auto)")
     return p
 
 

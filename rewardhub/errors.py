@@ -44,3 +44,8 @@ class RunDirectoryError(RewardhubError):
 
 class TrainingError(RewardhubError):
     """A run cannot learn anything as configured, e.g. online DPO formed no preference pair (every sample tied)."""
+
+
+class GenerationServerError(RewardhubError):
+    """The inference server that samples rollouts (``--generation-server``) is unreachable, refuses a request,
+    or answers without what RL needs (token ids, log-probs, a weight-update endpoint)."""

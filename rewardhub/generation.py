@@ -11,7 +11,9 @@ The default :class:`TorchBackend` is a lean decode loop over the Hugging Face KV
 prompt once (GRPO samples a group of completions per prompt), computes prefill logits for the last
 position only, and drops finished rows from the batch and the cache so the long tail of a rollout does not
 pay for sequences that already stopped. Another backend (vLLM, a server) only has to implement
-:meth:`GenerationBackend.generate`.
+:meth:`GenerationBackend.generate`; one whose weights live elsewhere also implements ``sync_weights`` (see
+:class:`GenerationBackend`), which the RL loop calls after every update
+(:class:`rewardhub.generation_server.ServerBackend` samples on an OpenAI-compatible server).
 
 Log-prob convention (shared with :func:`rewardhub.logprobs.sequence_logprobs`, which RL uses for old/reference
 log-probs): ``log_softmax(logits / temperature)`` at the sampled token, with temperature 1 for greedy decoding, taken
@@ -42,6 +44,7 @@ __all__ = [
     "SamplingParams",
     "TorchBackend",
     "generate_text",
+    "sync_backend_weights",
 ]
 
 
@@ -177,9 +180,21 @@ class GenerationBackend(Protocol):
             generator: RNG for sampling, for reproducibility (same seed, same samples).
 
         Returns:
-            The :class:`Rollout` (on the model's device).
+            The :class:`Rollout` (on the model's device). A backend that cannot report a sampled token's
+            log-prob puts NaN there; the RL loop then recomputes the old log-probs with a forward pass.
         """
         ...
+
+    # Optional (not part of the runtime check, so a backend without it still is a GenerationBackend):
+    #
+    #     def sync_weights(self, model, version: int) -> None
+    #
+    # Make the weights the backend samples from equal to ``model``'s. The RL loop calls it on the main
+    # process with ``version`` = the number of optimizer steps ``model`` has taken: ``version = step - 1``
+    # before a run's first rollout (the starting or resumed weights) and ``version = step`` after each
+    # step's update; a pipelined producer calls it the same way. Versions only grow; calling it twice with
+    # one version may skip the second push. In-process backends sample from ``model`` itself and do nothing
+    # (:meth:`TorchBackend.sync_weights`); :func:`sync_backend_weights` calls it when a backend has it.
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -513,6 +528,9 @@ class TorchBackend:
         # Outside inference mode: clones are normal tensors, usable by autograd later (e.g. embedding input).
         return Rollout(*(t.clone() for t in out))
 
+    def sync_weights(self, model: Any, version: int) -> None:
+        """Nothing to do: this backend samples from the very ``model`` it is given."""
+
     def _prefill(
         self,
         model: Any,
@@ -638,6 +656,19 @@ class TorchBackend:
 
         eos_reached = (out_mask[:, :steps].bool() & torch.isin(out_ids[:, :steps], eos_t)).any(dim=1)
         return ids, mask, out_ids[:, :steps], out_mask[:, :steps], out_lp[:, :steps], eos_reached
+
+
+def sync_backend_weights(backend: Any, model: Any, version: int) -> bool:
+    """Call ``backend.sync_weights(model, version)`` when the backend has it; whether it had it.
+
+    ``sync_weights`` is optional (a backend sampling in-process from ``model`` needs none), so third-party
+    backends written before it existed keep working.
+    """
+    sync = getattr(backend, "sync_weights", None)
+    if sync is None:
+        return False
+    sync(model, version)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------

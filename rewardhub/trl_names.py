@@ -54,6 +54,9 @@ _NO_EPOCHS = ("rewardhub counts optimizer steps, not epochs: set max_steps (a st
 _NO_MIXED_PRECISION = ("TRL's {name} is mixed precision (float32 weights, {dtype} autocast); rewardhub has no mixed "
                        "precision: dtype sets the parameter dtype (dtype: {dtype} trains the weights in {dtype})")
 
+_VLLM_SERVER = ("TRL's {name} has no equivalent: rewardhub has no colocated vLLM, and one option selects a server: "
+                "generation_server (TRL's vllm_server_base_url) = its whole URL, e.g. http://127.0.0.1:8000/v1")
+
 #: TRL's names for our options, per config class (a class has the aliases of its bases too, its own winning).
 #: Only names that mean the same thing here are aliases; a TRL name whose meaning differs is an error that says
 #: so and what to use; any other unknown key stays an "unknown option" error. Our own field names always win:
@@ -111,6 +114,16 @@ TRL_ALIASES: dict[type, dict[str, Alias]] = {
                   "kl_coef: KL in the reward); for ppo, TRL and rewardhub both call it kl_coef",
             note="grpo: TRL's k3 KL in the loss; rewardhub's KL in the reward (kl_coef, default 0.05) still "
                  "applies, set kl_coef: 0 for TRL's GRPO exactly. rloo: KL in the reward (kl_estimator k1)"),
+        "vllm_server_base_url": Alias(
+            "generation_server", note="an OpenAI-compatible server (`vllm serve`, SGLang, `rewardhub serve`), not "
+            "`trl vllm-serve` (its NCCL weight transfer is not spoken); /v1 is added when missing"),
+        "use_vllm": Alias(error=_VLLM_SERVER.format(name="use_vllm")),
+        "vllm_mode": Alias(error=_VLLM_SERVER.format(name="vllm_mode")),
+        "vllm_server_host": Alias(error=_VLLM_SERVER.format(name="vllm_server_host")),
+        "vllm_server_port": Alias(error=_VLLM_SERVER.format(name="vllm_server_port")),
+        "vllm_server_timeout": Alias(
+            error="TRL's vllm_server_timeout is how long to wait for the server to come up; rewardhub needs it up at "
+                  "the first rollout, and generation_timeout bounds each request"),
         "loss_type": Alias(
             "loss_agg", values={"dapo": "token-mean", "grpo": "seq-mean-token-mean",
                                 "dr_grpo": "seq-mean-token-sum-norm"},

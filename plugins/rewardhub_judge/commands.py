@@ -27,6 +27,8 @@ class ServeConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting("auto", "weights dtype (auto: float32 on CPU)")
     device: str | None = setting(None, "cpu, cuda, cuda:1, ... (none: cuda if available, else cpu)")
     threads: int = setting(0, "torch CPU threads (0: torch's choice)")
+    weight_updates: bool = setting(True, "accept LoRA adapters and weights from a trainer (/v1/load_lora_adapter, "
+                                   "/v1/update_weights, /update_weights_from_disk); they read server-side paths")
 
     required: ClassVar[tuple[str, ...]] = ("model",)
 
@@ -48,7 +50,9 @@ def add_serve_parser(sub):
         description="Serve a local transformers causal LM (a directory written by save_pretrained, a hub id in the "
         "local cache, or builtin:tiny-llama) at /v1/chat/completions and /v1/models, so `--reward=judge "
         "--reward-arg base_url=http://HOST:PORT/v1` runs RLAIF with no network. Non-streaming, n=1, one generation "
-        "at a time; messages are rendered with the tokenizer's chat template. For throughput use vLLM or SGLang, "
+        "at a time; messages are rendered with the tokenizer's chat template. It also serves token-id "
+        "/v1/completions with log-probs and takes LoRA adapters and weights from a trainer, so `rewardhub train "
+        "--generation-server http://HOST:PORT/v1` samples rollouts here. For throughput use vLLM or SGLang, "
         "which serve the same API.")
     add_flags(p, ServeConfig)
     return p
@@ -77,7 +81,8 @@ def run_serve(args) -> int:
                   "the model", file=sys.stderr)
         print(f"serving {local.name!r} at http://{host}:{port}/v1 (use --reward-arg base_url=http://{host}:{port}/v1;"
               " Ctrl-C stops)", flush=True)
-        make_server(create_app(local, api_key=args.api_key), log_level="info").run(sockets=[sock])
+        app = create_app(local, api_key=args.api_key, weight_updates=args.weight_updates)
+        make_server(app, log_level="info").run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -3,6 +3,9 @@
 It serves ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming, ``n=1``; messages rendered with
 the tokenizer's chat template; ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``; usage counts)
 and ``GET /health``, so the ``judge`` reward (or any OpenAI client) can use a local model with no network.
+:mod:`rewardhub_judge.completions` adds what an RL trainer samples rollouts from: token-id
+``/v1/completions`` with log-probs, LoRA adapters and full-weight updates
+(:class:`rewardhub.generation_server.ServerBackend` is its client).
 It is meant for a judge during training and for tests, not as a production server: requests are answered
 one generation at a time (one model, one lock), and it has no batching or streaming. vLLM and SGLang serve
 the same API at scale.
@@ -79,6 +82,7 @@ class LocalModel:
         self.requests = 0
         self.in_flight = 0
         self.cancelled = 0
+        self.adapters: dict[str, str] = {}  # LoRA adapter name -> path (rewardhub_judge.completions loads them)
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         if not self.has_template:
             log.warning("tokenizer of %s has no chat template; messages are joined as 'role: content' lines", name)
@@ -160,14 +164,20 @@ class LocalModel:
         return _completion(self.name, reply, "stop" if stopped else finish, ids.shape[1], len(new))
 
 
-def create_app(local: LocalModel, api_key: str | None = None):
-    """The FastAPI app serving ``local`` under the OpenAI paths; with ``api_key``, requests need that bearer token."""
+def create_app(local: LocalModel, api_key: str | None = None, weight_updates: bool = True):
+    """The FastAPI app serving ``local`` under the OpenAI paths; with ``api_key``, requests need that bearer token.
+
+    ``weight_updates=False`` refuses the adapter and weight routes (:mod:`rewardhub_judge.completions`).
+    """
+    from rewardhub_judge.completions import mount_completions
+
     app = FastAPI(title="rewardhub serve", description=f"OpenAI-compatible API for {local.name}")
     app.state.local = local
+    weights = mount_completions(app, local, weight_updates)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1") and \
+        if api_key and request.url.path.startswith(("/v1", "/update_weights")) and \
                 request.headers.get("authorization") != f"Bearer {api_key}":
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
@@ -175,12 +185,13 @@ def create_app(local: LocalModel, api_key: str | None = None):
     @app.get("/health")
     def health():
         return {"status": "ok", "model": local.name, "requests": local.requests, "in_flight": local.in_flight,
-                "cancelled": local.cancelled}
+                "cancelled": local.cancelled, "adapters": sorted(local.adapters), "weight_version": weights.version,
+                "logprobs": "rewardhub"}  # the sampled tokens' log-probs follow rewardhub's convention
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": local.name, "object": "model", "created": 0,
-                                            "owned_by": "rewardhub"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "rewardhub"}
+                                           for name in [local.name, *local.adapters]]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: ChatRequest, raw: Request):

@@ -39,7 +39,8 @@ from rewardhub.data import load_rows, render_prompt, require_columns
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model, step_schedule
 from rewardhub.errors import ConfigError
 from rewardhub.evaluation import load_eval_rows, score_greedy
-from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, TorchBackend
+from rewardhub.generation import GenerationBackend, Rollout, SamplingParams, sync_backend_weights
+from rewardhub.generation_server import backend_for, logprob_metrics, sampler_logprobs_usable
 from rewardhub.logprobs import sequence_logprobs
 from rewardhub.loop import Callback, Outcome, run
 from rewardhub.maths.choices import RL_ALGOS
@@ -114,6 +115,7 @@ class RLState:
     resumable: RLCheckpoint
     losses: LossSettings
     timings: dict[str, float] = field(default_factory=dict)
+    weights_version: int | None = None  # the optimizer steps of the weights the backend samples from
 
     @property
     def net(self) -> ActorCritic:
@@ -128,7 +130,8 @@ def train_rl(cfg: RLConfig, callbacks: Sequence[Callback] = (), provider: Reward
         cfg: the configuration (validated here).
         callbacks: called as ``cb(step, metrics)`` after every step (tests use it to interrupt a run).
         provider: a ready provider; default: built from ``cfg.reward`` / ``cfg.reward_args`` (and closed here).
-        backend: the rollout backend; default :class:`~rewardhub.generation.TorchBackend`.
+        backend: the rollout backend; default: a :class:`~rewardhub.generation_server.ServerBackend` when
+            ``cfg.generation_server`` is set, else :class:`~rewardhub.generation.TorchBackend`.
     """
     cfg.validate()
     check_lengths_fit(cfg)  # from the model's config: before any data or weights load
@@ -137,11 +140,15 @@ def train_rl(cfg: RLConfig, callbacks: Sequence[Callback] = (), provider: Reward
     own = provider is None
     provider = provider if provider is not None else build_reward(reward_spec_of(cfg, RL_FALLBACK_REWARD),
                                                                   cfg.reward_args)
+    own_backend = backend is None
+    backend = backend if backend is not None else backend_for(cfg)
     try:
-        return run(RL(cfg, provider, backend or TorchBackend()), cfg, callbacks)
+        return run(RL(cfg, provider, backend), cfg, callbacks)
     finally:
         if own:
             provider.close()
+        if own_backend and hasattr(backend, "close"):
+            backend.close()
 
 
 class RL:
@@ -239,6 +246,7 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     """One full step: sample, score, mask failures, advantages, update. Its metrics (all processes agree)."""
     cfg, acc = state.cfg, state.accelerator
     t0 = time.perf_counter()
+    sync_s = sync_weights(state, step - 1)  # the backend samples from the weights of step - 1 (a no-op when it does)
     # 1. sample G completions per prompt
     rows, prompts, rollout = sample_rollout(state, step)
     completions = decode(state.tokenizer, rollout)
@@ -252,6 +260,7 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     check_failures(state, rewards, valid, step)
     # 4. old log-probs (+ values), reference log-probs, then advantages
     old_lp, values, ref_lp = rollout_forward(state, rollout)
+    gen_stats = logprob_metrics(rollout, old_lp, policy_pass_needed(state, rollout))
     batch = RolloutBatch(rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.prompt_length,
                          rollout.completion_mask, valid, old_lp, ref_lp, values)
     raw = torch.tensor([r.value for r in rewards], device=acc.device)
@@ -267,6 +276,7 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     # 5. ppo_epochs x minibatches of the clipped loss, then one LR-schedule step
     train_stats = update(state, batch, step)
+    sync_s += sync_weights(state, step)
     t4 = time.perf_counter()
     # 6. the KL controller, metrics and the completions table
     n_valid = valid.sum().clamp_min(1)
@@ -274,11 +284,11 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     state.resumable.kl_ctl.update(kl_seq, len(batch) * acc.num_processes)
     n_tokens = float(_reduce(state, rollout.completion_mask.sum().float(), "sum"))
     kl = {"kl/mean_per_seq": kl_seq, "kl/coef": state.resumable.kl_ctl.value} if state.ref is not None else {}
-    metrics = {**reward_metrics(state, rewards, scores, valid), **kl, **train_stats,
+    metrics = {**reward_metrics(state, rewards, scores, valid), **kl, **train_stats, **gen_stats,
                "completions/mean_length": float(_reduce(state, rollout.completion_lengths.float().mean())),
                "completions/eos_rate": float(_reduce(state, rollout.eos_reached.float().mean())),
                "lr": state.scheduler.get_last_lr()[0], "time/step": t4 - t0, "time/generation": t1 - t0,
-               "time/scoring": t2 - t1, "time/forward": t3 - t2, "time/update": t4 - t3,
+               "time/scoring": t2 - t1, "time/forward": t3 - t2, "time/update": t4 - t3, "time/weight_sync": sync_s,
                "time/tokens_per_s": n_tokens / max(t1 - t0, 1e-9)}
     if batch.old_values is not None:
         m = batch.train_mask
@@ -336,7 +346,7 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
     temperature = state.params.logprob_temperature
     start = rollout.prompt_length
     chunk = max(1, math.ceil((cfg.minibatch_size or len(rollout)) / cfg.grad_accum))
-    policy_pass = net.has_values or cfg.recompute_logprobs
+    policy_pass = policy_pass_needed(state, rollout)
     was_training = net.training
     net.eval()
     old, values, ref = [], [], []
@@ -361,6 +371,28 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
     old_lp = torch.cat(old) * cm
     vals = torch.cat(values) * cm if values[0] is not None else None
     return old_lp, vals, (torch.cat(ref) * cm if ref else None)
+
+
+def policy_pass_needed(state: RLState, rollout: Rollout) -> bool:
+    """Whether the old log-probs need a policy forward pass: a value head, ``recompute_logprobs``, or sampler
+    log-probs that cannot serve (a server with another convention, or missing ones)."""
+    return state.net.has_values or state.cfg.recompute_logprobs or not sampler_logprobs_usable(state.backend, rollout)
+
+
+def sync_weights(state: RLState, version: int) -> float:
+    """Send the policy's weights (``version`` optimizer steps) to the backend, from the main process; seconds taken.
+
+    A version the backend already holds is skipped, so the call before a step's rollout only sends weights at
+    the start of a run (or of a resumed one).
+    """
+    if state.weights_version == version:
+        return 0.0
+    t0 = time.perf_counter()
+    if state.accelerator.is_main_process:
+        sync_backend_weights(state.backend, state.net.policy, version)
+    state.accelerator.wait_for_everyone()
+    state.weights_version = version
+    return time.perf_counter() - t0
 
 
 @dataclass
