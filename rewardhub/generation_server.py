@@ -210,9 +210,9 @@ class ServerBackend:
                  generator: torch.Generator | None = None) -> Rollout:
         """Sample one completion per prompt on the server; see :meth:`GenerationBackend.generate`.
 
-        ``model`` only gives the device of the returned tensors. Rows that repeat a prompt are sampled in one
-        request with ``n`` = the number of repeats; the seeds come from ``generator`` (same state, same
-        requests).
+        ``model`` only gives the device of the returned tensors (None: the CPU). Rows that repeat a prompt are
+        sampled in one request with ``n`` = the number of repeats; the seeds come from ``generator`` (same
+        state, same requests).
         """
         eos_ids = _eos_list(eos_token_id)
         pad = _check_special_ids(eos_ids, pad_token_id)
@@ -236,7 +236,8 @@ class ServerBackend:
         for rows, choices in zip(groups.values(), answers):
             for row, choice in zip(rows, choices):
                 completions[row] = parse_choice(choice, eos_ids, params.max_new_tokens, self.api_base)
-        return build_rollout(prompt_ids, completions, pad, eos_ids, _model_device(model))
+        device = _model_device(model) if model is not None else torch.device("cpu")
+        return build_rollout(prompt_ids, completions, pad, eos_ids, device)
 
     def _body(self, model: str, prompt: list[int], n: int, params: SamplingParams, eos_ids: list[int],
               seed: int | None) -> dict[str, Any]:
@@ -257,8 +258,8 @@ class ServerBackend:
             raise GenerationServerError(_refusal(url, status, answer, body["model"]))
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list) or len(choices) != body["n"]:
-            got = len(choices) if isinstance(choices, list) else type(answer).__name__
-            raise GenerationServerError(f"{url} returned {got} choices for n={body['n']}; an OpenAI-compatible "
+            got = f"{len(choices)} choices" if isinstance(choices, list) else "no 'choices' list"
+            raise GenerationServerError(f"{url} returned {got} for n={body['n']}; an OpenAI-compatible "
                                         "completions server returns n choices per prompt")
         return sorted(choices, key=lambda c: int(c.get("index", 0)))
 
