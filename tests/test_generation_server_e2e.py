@@ -1,0 +1,121 @@
+"""GRPO end to end with rollouts from a real ``rewardhub serve`` subprocess: full-weight and LoRA sync, CLI."""
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from conftest import records
+
+from rewardhub.cli.main import main
+from rewardhub.config import RLConfig
+from rewardhub.generation import SamplingParams, TorchBackend
+from rewardhub.generation_server import ServerBackend
+from rewardhub.models import load_model, load_tokenizer
+from rewardhub.recipes.rl import train_rl
+from rewardhub.rewards import Reward, RewardProvider
+
+PROMPTS = ["12+34=", "7+1=", "40+2="]
+
+
+class Distinct(RewardProvider):
+    """The number of distinct characters: it differs within almost every group, so every step moves the weights."""
+
+    def score(self, samples):
+        return [Reward(float(len(set(s.completion)))) for s in samples]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory):
+    """``rewardhub serve`` on 127.0.0.1, port 0, in a subprocess (one for the module: it takes seconds to start);
+    its /v1 URL once it answers. Each test starts by syncing the weights it trains from."""
+    tmp_path = tmp_path_factory.mktemp("serve")
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", str(tiny_model_path),
+                             "--port", "0", "--served-name", "tiny", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, (tmp_path / "serve.log").read_text()
+        url = line.split(" at ", 1)[1].split()[0]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def cfg(tiny_model_path, out, url, **kw):
+    base = dict(model=str(tiny_model_path), algo="grpo", data="arithmetic", data_args={"size": 32}, out=str(out),
+                max_steps=2, batch_size=2, num_generations=3, max_new_tokens=6, lr=5e-2, warmup_ratio=0.0,
+                lr_scheduler="constant", log_every=1, eval_every=0, save_every=0, eval_size=4, threads=1,
+                completions_every=0, seed=0, kl_coef=0.0, generation_server=url)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def assert_server_samples_like(url, model_name, trained_dir):
+    """The server's greedy completions and log-probs equal the trained model's, prompt by prompt."""
+    tok = load_tokenizer(str(trained_dir))
+    model = load_model(str(trained_dir), tokenizer=tok)
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    kw = dict(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    remote = ServerBackend(url, model=model_name).generate(model, ids, SamplingParams(10, 0.0), **kw)
+    local = TorchBackend().generate(model, ids, SamplingParams(10, 0.0), **kw)
+    assert torch.equal(remote.completion_ids, local.completion_ids)
+    assert torch.allclose(remote.logprobs, local.logprobs, atol=1e-4)
+
+
+def test_grpo_with_full_weight_sync_keeps_the_server_equal_to_the_trainer(server, tiny_model_path, tmp_path):
+    out = tmp_path / "run"
+    train_rl(cfg(tiny_model_path, out, server, recompute_logprobs=True), provider=Distinct())
+    rows = records(out)
+    assert len(rows) == 2
+    for row in rows:  # every step's rollout came from the weights the trainer had: same log-probs
+        assert row["generation/logprobs_recomputed"] == 1.0
+        assert row["generation/logprob_abs_diff_max"] < 1e-4, row
+        assert row["time/weight_sync"] > 0
+    assert_server_samples_like(server, "tiny", out / "model")
+    # the starting weights differ from the trained ones, so the check above sees the sync
+    start = load_model(str(tiny_model_path), tokenizer=load_tokenizer(str(tiny_model_path)))
+    trained = load_model(str(out / "model"), tokenizer=load_tokenizer(str(out / "model")))
+    assert not torch.allclose(start.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+
+
+def test_grpo_with_lora_sync_serves_the_adapter_of_the_last_step(server, tiny_model_path, tmp_path):
+    out = tmp_path / "run"
+    base = load_model(str(tiny_model_path), tokenizer=load_tokenizer(str(tiny_model_path)))
+    ServerBackend(server).sync_weights(base, 0)  # the server's base back to the starting weights (another test's run)
+    train_rl(cfg(tiny_model_path, out, server, lora_r=4, lora_alpha=16, lr=5e-2), provider=Distinct())
+    rows = records(out)
+    assert [r["generation/logprobs_recomputed"] for r in rows] == [0.0, 0.0]  # rewardhub serve's log-probs serve
+    listed = urllib.request.urlopen(server + "/models").read().decode()
+    assert '"rewardhub-lora-v2"' in listed and '"rewardhub-lora-v1"' not in listed
+    assert_server_samples_like(server, "rewardhub-lora-v2", out / "model")  # out/model: the adapter merged in
+
+
+def test_cli_trains_grpo_against_a_generation_server(server, tiny_model_path, tmp_path):
+    out = tmp_path / "cli"
+    code = main(["train", "--algo", "grpo", "--model", str(tiny_model_path), "--generation-server", server,
+                 "--generation-logprobs", "recompute", "--data-arg", "size=16", "--max-steps", "2",
+                 "--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "4", "--sft-warmup-steps", "0",
+                 "--eval-size", "4", "--save-every", "0", "--log-every", "1", "--threads", "1", "--out", str(out),
+                 "--reward", "length"])
+    assert code == 0
+    rows = records(out)
+    assert len(rows) == 2 and all(r["generation/logprob_abs_diff_max"] < 1e-4 for r in rows)
+    assert_server_samples_like(server, "tiny", out / "model")
