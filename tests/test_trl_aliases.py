@@ -20,7 +20,7 @@ VALUES = {"lr": 0.002, "batch_size": 3, "grad_accum": 2, "out": "runs/aliased", 
           "eval_every": 9, "lr_scheduler": "linear", "keep_checkpoints": 5, "model": "some/model",
           "dtype": "bfloat16", "data": "arithmetic-cot", "max_length": 128, "max_new_tokens": 12, "clip_eps": 0.3,
           "clip_eps_high": 0.28, "clip_value": 0.4, "ppo_epochs": 2, "kl_loss_coef": 0.04, "kl_coef": 0.02,
-          "precompute_ref": False, "center_coef": 0.01}
+          "precompute_ref": False, "center_coef": 0.01, "generation_server": "http://127.0.0.1:8000/v1"}
 #: TRL's value of an alias with a value map, and ours.
 MAPPED = {"loss_type": ("dr_grpo", "seq-mean-token-sum-norm")}
 
