@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rewardhub.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +109,13 @@ def test_rejection_sampling_recipe_example_runs_in_the_loop(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 3]  # before and after, from the loop
     assert all("accepted" in r for r in rows if r["kind"] == "train")
     assert (out / "rft" / "model" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_grpo_on_a_server_example_trains_against_rewardhub_serve_with_lora_sync(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples/grpo_on_a_server.py"), "--steps", "2", "--lora",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=500)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "after training, greedy completions match" in result.stdout
+    train = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation/logprobs_recomputed"] for r in train if r["kind"] == "train"][-1] == 1.0
