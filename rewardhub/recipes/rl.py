@@ -341,6 +341,8 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
     The policy pass is skipped when nothing needs it: without a value head, and unless
     ``recompute_logprobs`` asks for it, the sampler's log-probs *are* the old log-probs (the same model, the
     same positions, the same temperature; tested equal to a fresh pass). That saves a full forward per step.
+    A backend whose log-probs follow another convention (a vLLM server) or that left some out (NaN) gets the
+    pass anyway (:func:`policy_pass_needed`).
     """
     net, cfg = state.net, state.cfg
     temperature = state.params.logprob_temperature
