@@ -15,6 +15,7 @@ compared with the trained model's own.
 from __future__ import annotations
 
 import argparse
+import select
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ def start_server(model: str, out: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", model, "--host",
                              "127.0.0.1", "--port", "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=log,
                             text=True)
-    line = proc.stdout.readline()  # "serving 'M' at http://127.0.0.1:PORT/v1 ..." once the model is loaded
+    ready, _, _ = select.select([proc.stdout], [], [], 300)  # a server that never prints is given up on
+    line = proc.stdout.readline() if ready else ""  # "serving 'M' at http://127.0.0.1:PORT/v1 ..." once loaded
     if "http://" not in line:
         proc.kill()
         raise SystemExit(f"rewardhub serve did not start; see {out / 'serve.log'}")

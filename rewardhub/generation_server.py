@@ -370,20 +370,22 @@ def parse_choice(choice: dict[str, Any], eos_ids: Sequence[int], max_new_tokens:
                  url: str = "the server") -> tuple[list[int], list[float]]:
     """One completion choice's token ids and log-probs, cut after the first EOS; NaN for an unknown log-prob.
 
-    Ids come from ``token_ids`` (vLLM's ``return_token_ids``) or from ``logprobs.tokens`` written as
-    ``"token_id:N"`` (``return_tokens_as_token_ids``); log-probs from ``logprobs.token_logprobs``. A choice
+    Ids come from ``logprobs.tokens`` written as ``"token_id:N"`` (``return_tokens_as_token_ids``; aligned with
+    the log-probs) or else ``token_ids`` (vLLM's ``return_token_ids``); log-probs from
+    ``logprobs.token_logprobs``. A choice
     that stopped on EOS (``finish_reason`` "stop") without listing the EOS token gets it appended, with an
     unknown log-prob.
     """
     block = choice.get("logprobs") or {}
     ids = choice.get("token_ids")
     tokens = block.get("tokens") if isinstance(block, dict) else None
-    if ids is None and tokens is not None:
-        if not all(isinstance(t, str) and t.startswith(TOKEN_ID_PREFIX) for t in tokens):
-            raise GenerationServerError(
-                f"{url} returned tokens as text, not ids: it ignored return_tokens_as_token_ids and "
-                "return_token_ids. Use vLLM (>= 0.10.2 returns token_ids) or rewardhub serve")
+    as_ids = tokens is not None and all(isinstance(t, str) and t.startswith(TOKEN_ID_PREFIX) for t in tokens)
+    if as_ids:  # aligned with token_logprobs by construction, so preferred to token_ids
         ids = [int(t[len(TOKEN_ID_PREFIX):]) for t in tokens]
+    elif ids is None and tokens is not None:
+        raise GenerationServerError(
+            f"{url} returned tokens as text, not ids: it ignored return_tokens_as_token_ids and "
+            "return_token_ids. Use vLLM (>= 0.10.2 returns token_ids) or rewardhub serve")
     if ids is None:
         raise GenerationServerError(
             f"{url} returned no token ids (neither choices[].token_ids nor logprobs.tokens as 'token_id:N'): "

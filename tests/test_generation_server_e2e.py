@@ -1,5 +1,6 @@
 """GRPO end to end with rollouts from a real ``rewardhub serve`` subprocess: full-weight and LoRA sync, CLI."""
 
+import select
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ def server(tiny_model_path, tmp_path_factory):
                              "--port", "0", "--served-name", "tiny", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # bounded: a server that hangs fails the test
+        line = proc.stdout.readline() if ready else ""
         assert "http://127.0.0.1:" in line, (tmp_path / "serve.log").read_text()
         url = line.split(" at ", 1)[1].split()[0]
         deadline = time.monotonic() + 60
