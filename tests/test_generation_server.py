@@ -22,6 +22,7 @@ from rewardhub.generation_server import (
 )
 from rewardhub.http_server import AppThread, bind_socket
 from rewardhub.models import load_model, load_tokenizer
+from rewardhub.rewards import Reward, RewardProvider
 
 EOS, PAD = [1], 0
 PARAMS = SamplingParams(max_new_tokens=4, temperature=0.7)
@@ -230,3 +231,46 @@ def test_rollouts_from_the_server_are_rollouts():
     with Scripted(echo_prompt) as server:
         rollout = ServerBackend(server.url).generate(None, [[5], [6]], PARAMS, eos_token_id=EOS, pad_token_id=PAD)
     assert isinstance(rollout, Rollout) and rollout.input_ids.shape == (2, 3)
+
+
+class Recording(TorchBackend):
+    """The in-process sampler, recording every sync_weights call: (version, a checksum of the weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.synced = []
+
+    def sync_weights(self, model, version):
+        self.synced.append((version, float(sum(p.detach().double().sum() for p in model.parameters()))))
+
+
+class Scrambled(RewardProvider):
+    """A reward that differs within almost every group (character codes mod 7), so every update moves the weights."""
+
+    def score(self, samples):
+        return [Reward(float(sum(map(ord, s.completion)) % 7)) for s in samples]
+
+
+def test_the_rl_loop_syncs_the_starting_weights_then_each_update_and_a_resumed_run_its_own(tiny_model_path, tmp_path):
+    from rewardhub.recipes.rl import train_rl
+
+    kw = dict(model=str(tiny_model_path), algo="grpo", data="arithmetic", data_args={"size": 16}, max_steps=3,
+              batch_size=2, num_generations=2, max_new_tokens=4, lr=5e-2, warmup_ratio=0.0, log_every=1,
+              eval_every=0, save_every=0, eval_size=2, threads=1, completions_every=0, kl_coef=0.0)
+    straight = Recording()
+    train_rl(RLConfig(out=str(tmp_path / "a"), **kw), provider=Scrambled(), backend=straight)
+    versions = [v for v, _ in straight.synced]
+    sums = [s for _, s in straight.synced]
+    assert versions == [0, 1, 2, 3] and len(set(sums)) == 4  # every update changed what was sent
+
+    def interrupt(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(RLConfig(out=str(tmp_path / "b"), **kw), provider=Scrambled(), backend=Recording(),
+                 callbacks=[interrupt])
+    resumed = Recording()
+    train_rl(RLConfig(out=str(tmp_path / "b"), **kw), provider=Scrambled(), backend=resumed)
+    assert [v for v, _ in resumed.synced] == [2, 3]
+    assert resumed.synced[0][1] == pytest.approx(sums[2], rel=1e-9)  # the resumed weights, before its first rollout
