@@ -103,10 +103,6 @@ class Weights:
         self.peft = None  # the PeftModel wrapping local.model once an adapter is loaded
         self.version: str | None = None
 
-    @property
-    def adapters(self) -> list[str]:
-        return [] if self.peft is None else [n for n in self.peft.peft_config if n in self.local.adapters]
-
     def load_adapter(self, name: str, path: str) -> None:
         if name == self.local.name or name in self.local.adapters:
             raise Refused(400, f"The lora adapter {name!r} has already been loaded (or names the base model); "
