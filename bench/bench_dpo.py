@@ -1,4 +1,9 @@
-"""DPO and reward-model training: rewardhub vs TRL's DPOTrainer and RewardTrainer on identical workloads.
+"""DPO training: rewardhub vs TRL's DPOTrainer on identical workloads.
+
+(The reward-model comparison that used to be here is ``bench/bench_reward_model_vs_trl.py``: this script left
+TRL on its bf16-autocast and gradient-checkpointing defaults, ran each side once, and counted tokens from a
+formula, so its reward-model ratio moved between runs and machines. TRL's DPO side now runs fp32 without
+checkpointing, like rewardhub's.)
 
 Same model (a locally built Llama, char tokenizer; nothing is downloaded), same preference pairs
 (arithmetic preferences), same batch size, steps, max length, learning rate, optimizer family (AdamW) and
@@ -32,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNS = ("rewardhub-dpo", "trl-dpo", "trl-dpo-precompute", "rewardhub-rm", "trl-rm")
+RUNS = ("rewardhub-dpo", "trl-dpo", "trl-dpo-precompute")
 
 
 def parse_args(argv=None):
@@ -94,15 +99,6 @@ def child(args, name: str, work: Path) -> dict:
                         log_every=10**6, eval_every=0, save_every=0, threads=args.threads, resume=False,
                         lr_scheduler="linear")
         train_dpo(cfg, callbacks=[lambda step, m: stamps.append(time.perf_counter())])
-    elif name == "rewardhub-rm":
-        from rewardhub.config import RewardModelConfig
-        from rewardhub.recipes.reward_model import train_reward_model
-
-        cfg = RewardModelConfig(model=str(model), data=str(data), out=str(out), max_steps=args.steps,
-                                batch_size=args.batch_size, lr=1e-5, warmup_ratio=0.0, max_length=args.max_length,
-                                log_every=10**6, eval_every=0, save_every=0, threads=args.threads, resume=False,
-                                lr_scheduler="linear", calibration_size=0)
-        train_reward_model(cfg, callbacks=[lambda step, m: stamps.append(time.perf_counter())])
     else:
         run_trl(args, name, model, data, out, stamps)
     total = time.perf_counter() - t0
@@ -112,7 +108,7 @@ def child(args, name: str, work: Path) -> dict:
 def run_trl(args, name, model_dir, data, out, stamps):
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     class Stamp(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
@@ -123,20 +119,13 @@ def run_trl(args, name, model_dir, data, out, stamps):
     common = dict(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
                   learning_rate=1e-5, lr_scheduler_type="linear", warmup_steps=0, logging_steps=10**6,
                   save_strategy="no", report_to="none", max_length=args.max_length, disable_dropout=True,
-                  use_cpu=args.device == "cpu", dataloader_num_workers=0, seed=0)
-    if name.startswith("trl-dpo"):
-        from trl import DPOConfig, DPOTrainer
+                  use_cpu=args.device == "cpu", dataloader_num_workers=0, seed=0,
+                  bf16=False, fp16=False, gradient_checkpointing=False)  # TRL defaults to both; rewardhub: fp32, none
+    from trl import DPOConfig, DPOTrainer
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        cfg = DPOConfig(beta=0.1, precompute_ref_log_probs=name.endswith("precompute"), **common)
-        trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
-    else:
-        from trl import RewardConfig, RewardTrainer
-
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tok.pad_token_id
-        cfg = RewardConfig(**common)
-        trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = DPOConfig(beta=0.1, precompute_ref_log_probs=name.endswith("precompute"), **common)
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
     trainer.train()
 
 
@@ -196,8 +185,7 @@ def main(argv=None) -> int:
     for name, r in results.items():
         print(f"{name:22} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} {r['total_s']:8.1f} {r['peak_rss_mb']:12.0f}")
     print()
-    for ours, theirs in (("rewardhub-dpo", "trl-dpo"), ("rewardhub-dpo", "trl-dpo-precompute"),
-                         ("rewardhub-rm", "trl-rm")):
+    for ours, theirs in (("rewardhub-dpo", "trl-dpo"), ("rewardhub-dpo", "trl-dpo-precompute")):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
             print(f"{ours} vs {theirs}: step time {b['step_s'] / a['step_s']:.2f}x faster, total "

@@ -57,12 +57,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARIANTS = {
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=1024),
-    "large": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                  intermediate_size=2048),
-}
+from _common import VARIANTS, StepClock, build_model, peak_rss_mib, print_profile
+
 FRAMEWORKS = ("trl", "rewardhub", "rewardhub-noskip")
 PROMPTS_PER_STEP, GROUP, NEW_TOKENS, LR, SEED, N_PROMPTS = 4, 4, 16, 1e-5, 0, 256
 
@@ -70,19 +66,6 @@ PROMPTS_PER_STEP, GROUP, NEW_TOKENS, LR, SEED, N_PROMPTS = 4, 4, 16, 1e-5, 0, 25
 # ------------------------------------------------------------------------------------------------------------
 # Shared pieces (used inside the workers)
 # ------------------------------------------------------------------------------------------------------------
-
-def peak_rss_mib() -> float:
-    """High-water RSS of this process (``VmHWM``; reset at exec, unlike ``ru_maxrss``), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def sum_reward(prompt: str, completion: str) -> float:
     """1.0 when the completion contains the sum the prompt ``a+b=`` asks for."""
@@ -102,35 +85,6 @@ def zero_std_share(values: list[float]) -> float:
     """Share of the groups (``GROUP`` consecutive samples of one prompt) whose rewards are all equal."""
     groups = [values[i:i + GROUP] for i in range(0, len(values), GROUP)]
     return sum(len(set(g)) == 1 for g in groups) / max(len(groups), 1)
-
-
-class StepClock:
-    """Timestamps of step ends (and the setup end), tokens per step, peak RSS after the last step."""
-
-    def __init__(self, total_steps: int, warmup: int = 0, profiler: Any = None) -> None:
-        self.total, self.warmup, self.profiler = total_steps, warmup, profiler
-        self.t_start = time.perf_counter()
-        self.t_prev: float | None = None
-        self.steps: list[dict[str, float]] = []
-        self.peak_rss_last_step = 0.0
-
-    def mark_ready(self) -> None:
-        """Setup is over: the next step's time counts from here."""
-        self.t_prev = time.perf_counter()
-        self.setup_s = self.t_prev - self.t_start
-
-    def step_end(self, tokens: float, **extra: float) -> None:
-        now = time.perf_counter()
-        self.steps.append({"time": now - (self.t_prev if self.t_prev is not None else self.t_start),
-                           "tokens": float(tokens), **extra})
-        self.t_prev = now
-        if len(self.steps) == self.total:
-            self.peak_rss_last_step = peak_rss_mib()
-        if self.profiler is not None:  # profile the measured steps only
-            if len(self.steps) == self.warmup:
-                self.profiler.enable()
-            elif len(self.steps) == self.total:
-                self.profiler.disable()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -285,21 +239,6 @@ def write_prompts(path: Path) -> None:
             f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
 
 
-def build_model(path: Path, variant: str) -> int:
-    from transformers.utils import logging as hf_logging
-
-    from rewardhub.tiny_model import build_tiny_model
-
-    hf_logging.disable_progress_bar()
-    build_tiny_model(path, seed=SEED, **VARIANTS[variant])
-    cfg = json.loads((path / "config.json").read_text())
-    h, n_layers, inter, vocab = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"],
-                                 cfg["vocab_size"])
-    per_layer = 4 * h * h + 3 * h * inter + 2 * h  # q, k, v, o (no bias, MHA) + gate/up/down + two norms
-    embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
-    return n_layers * per_layer + embeddings + h
-
-
 def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Pool the measured steps (after ``warmup``) of every repeat: median step time, tokens/s, peak RSS."""
     steps = [s for res in runs for s in res["steps"][warmup:]]
@@ -398,14 +337,6 @@ def run_frameworks(model_dir: Path, data_file: Path, variant: str, reward: str, 
         rows[f]["checks"] = runs[f][0].get("checks", {})
         print(f"  {f} as run: {rows[f]['checks']}")
     return rows, loads
-
-
-def print_profile(path: Path, top: int) -> None:
-    import pstats
-
-    for key in ("cumulative", "tottime"):
-        print(f"\n--- {path.name}: top {top} by {key} (measured steps only) ---")
-        pstats.Stats(str(path)).strip_dirs().sort_stats(key).print_stats(top)
 
 
 def main() -> None:

@@ -85,3 +85,43 @@ def test_lora_and_gradient_checkpointing_runs_save_models_that_load_back(tiny_mo
     train_sft(cfg(tiny_model_path, tmp_path / "lora", max_steps=2, lora_r=4, gradient_checkpointing=True))
     model = load_model(str(tmp_path / "lora" / "model"))
     assert model.config.hidden_size == 32
+
+
+def test_length_groups_split_rows_of_varied_length_and_keep_alike_ones_whole():
+    from rewardhub.recipes.sft import length_groups
+
+    examples = [{"input_ids": [1] * n} for n in (100, 12, 98, 10, 11, 97, 13, 99)]
+    groups = length_groups(range(8), examples)
+    assert sorted(i for g in groups for i in g) == list(range(8))  # every row once
+    assert [sorted(g) for g in groups] == [[1, 3, 4, 6], [0, 2, 5, 7]]  # short rows apart from long ones
+    alike = [{"input_ids": [1] * n} for n in (50, 52, 49, 51)]
+    assert length_groups([3, 1, 0, 2], alike) == [[3, 1, 0, 2]]  # nothing worth splitting: one forward, as given
+    assert length_groups(range(8), examples, max_groups=1) == [list(range(8))]
+
+
+def test_length_groups_leave_loss_and_weights_unchanged(tiny_model_path, tmp_path, monkeypatch):
+    """Forward/backward over length groups is the same update as one padded micro-batch, with less padding."""
+    from rewardhub.recipes import sft
+
+    data = tmp_path / "varied.jsonl"
+    lengths = [3, 40, 5, 60, 8, 30, 4, 50] * 8
+    data.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "completion": "7" * n}) + "\n"
+                            for i, n in enumerate(lengths)))
+    forwards = {"grouped": [], "one": []}
+    loss = sft.summed_token_loss
+    runs = {}
+    for name, groups in (("grouped", sft.MAX_LENGTH_GROUPS), ("one", 1)):
+        monkeypatch.setattr(sft, "MAX_LENGTH_GROUPS", groups)
+        monkeypatch.setattr(sft, "summed_token_loss",
+                            lambda m, ids, mask, labels, name=name: forwards[name].append(mask.numel())
+                            or loss(m, ids, mask, labels))
+        losses = []
+        train_sft(cfg(tiny_model_path, tmp_path / name, data=str(data), data_args={}, max_steps=3, batch_size=8,
+                      eval_size=0), callbacks=[lambda step, m, out=losses: out.append(m["loss"])])
+        runs[name] = losses
+    assert len(forwards["grouped"]) > len(forwards["one"]) == 3  # it did split the micro-batches
+    assert sum(forwards["grouped"]) < 0.8 * sum(forwards["one"])  # ... and padded fewer positions
+    assert runs["grouped"] == pytest.approx(runs["one"], rel=1e-5)
+    a, b = load_weights(tmp_path / "grouped"), load_weights(tmp_path / "one")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

