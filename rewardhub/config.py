@@ -447,6 +447,10 @@ class RLConfig(TrainConfig):
     loss_agg: LossAgg = setting("token-mean", "how per-token losses add up (verl's loss_agg_mode)")
     skip_zero_advantage: bool = setting(True, "skip the passes of rows whose loss is exactly zero (same gradient)")
     recompute_logprobs: bool = setting(False, "recompute old log-probs instead of reusing the sampler's")
+    async_rollouts: bool = setting(False, "pipelined RL: sample the next step's rollout in a background worker, "
+                                   "with its own weight copy, while this step scores and updates")
+    max_staleness: int = setting(1, "async_rollouts: a rollout comes from weights at most N updates old "
+                                 "(0: never stale, the synchronous loop's result)")
     sft_warmup_steps: int = setting(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
                                     "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
 
@@ -502,6 +506,11 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
     if cfg.minibatch_size and cfg.minibatch_size < cfg.grad_accum:
         p.append(f"minibatch_size ({cfg.minibatch_size}) must be >= grad_accum ({cfg.grad_accum})")
+    if isinstance(cfg.max_staleness, bool) or not isinstance(cfg.max_staleness, int) or cfg.max_staleness < 0:
+        p.append(f"max_staleness must be an int >= 0 (updates a rollout's weights may lag), got {cfg.max_staleness!r}")
+    if cfg.async_rollouts and cfg.recompute_logprobs:
+        p.append("async_rollouts with recompute_logprobs: the recomputed log-probs would be the trainer's current "
+                 "weights', not the behaviour policy's that sampled the rollout (the PPO ratio needs those); drop one")
     return p
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "Rollout",
     "SamplingParams",
     "TorchBackend",
+    "WeightSyncing",
     "generate_text",
 ]
 
@@ -154,7 +155,13 @@ class Rollout:
 
 @runtime_checkable
 class GenerationBackend(Protocol):
-    """Anything that turns token prompts into a :class:`Rollout` (our torch loop, vLLM, a server...)."""
+    """Anything that turns token prompts into a :class:`Rollout` (our torch loop, vLLM, a server...).
+
+    Optional: a backend that holds its own copy of the weights (a server) also implements
+    :meth:`WeightSyncing.sync_weights`; callers look it up with ``getattr`` (it is not part of this
+    protocol, so ``isinstance`` checks do not require it). :class:`TorchBackend` does not implement it: it
+    samples from whatever ``model`` it is given.
+    """
 
     def generate(
         self,
@@ -178,6 +185,22 @@ class GenerationBackend(Protocol):
 
         Returns:
             The :class:`Rollout` (on the model's device).
+        """
+        ...
+
+
+@runtime_checkable
+class WeightSyncing(Protocol):
+    """The optional method of a :class:`GenerationBackend` that samples from weights it holds itself."""
+
+    def sync_weights(self, model: Any, version: int) -> None:
+        """Make the backend sample from ``model``'s current weights from now on.
+
+        Args:
+            model: the trainer's policy (its ``state_dict`` / parameters are what to push).
+            version: the weights version, the count of updates applied to them (0: the initial weights);
+                the pipelined loop (:mod:`rewardhub.rollout_pipeline`) calls it between generations, never
+                during one.
         """
         ...
 
