@@ -15,7 +15,8 @@ maths is in :mod:`rewardhub.maths.rl`. :func:`rewardhub.loop.run` drives the ste
 checkpoints). Exact resume: the checkpoint holds model/optimizer/scheduler/RNGs (accelerate) plus
 :class:`RLCheckpoint` (KL coefficient, each process's sampling generator), and the data order and minibatch
 shuffles are pure functions of (seed, step), so an interrupted and resumed run gives the same weights as an
-uninterrupted one.
+uninterrupted one. With ``async_rollouts`` the sampling is served one step ahead by
+:class:`rewardhub.rollout_pipeline.RolloutPipeline` (bounded staleness; the PPO ratio against the behaviour log-probs).
 """
 
 from __future__ import annotations
