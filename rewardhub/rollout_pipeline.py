@@ -164,10 +164,13 @@ class RolloutPipeline:
         generator: the sampling RNG (only the worker uses it while the pipeline runs).
         max_staleness: the bound (:func:`next_version`).
         max_steps: the last step; no rollout is sampled past it.
+        process_index: this process's rank (its entry in a checkpoint).
     """
 
     def __init__(self, backend: GenerationBackend, policy: Any, params: SamplingParams, eos_ids: list[int],
-                 pad_token_id: int, generator: torch.Generator, max_staleness: int, max_steps: int):
+                 pad_token_id: int, generator: torch.Generator, max_staleness: int, max_steps: int,
+                 process_index: int = 0):
+        self.rank = process_index
         self.backend, self.policy, self.params = backend, policy, params
         self.eos_ids, self.pad_token_id, self.generator = eos_ids, pad_token_id, generator
         self.max_staleness, self.max_steps = max_staleness, max_steps
@@ -201,8 +204,8 @@ class RolloutPipeline:
         if job is None:  # nothing sampled ahead (the first step, or max_staleness 0): sample from today's weights
             self._refresh(step - 1)
             job = self._start(step, prompts_for(step))
+        self._current = job  # before waiting: a checkpoint taken while this step is cut short still finds it
         self._worker.wait(job)
-        self._current = job
         if step < self.max_steps:
             version = next_version(step, job.version, self.max_staleness)
             if version is not None:
@@ -291,27 +294,28 @@ class RolloutPipeline:
 
     def state_dict(self) -> dict[str, Any]:
         """The rollout of the step after the last finished one (waited for) and what resuming it needs."""
+        from accelerate.utils import gather_object
+
         nxt = self.finished + 1
         job = None
-        if self._current is not None and self._current.step == nxt:  # a step stopped before its update
-            job = self._current
-        elif self._pending is not None and self._pending.step == nxt:
-            job = self._worker.wait(self._pending)
-        elif self._restored is not None and self._restored.step == nxt:
-            job = self._restored
-        state: dict[str, Any] = {"finished": self.finished}
-        if job is None:
-            return state
-        state["in_flight"] = {"step": job.step, "version": job.version, "seconds": job.seconds,
-                              "generator_state": job.generator_state,
-                              "rollout": {f: getattr(job.rollout, f).detach().cpu() for f in ROLLOUT_FIELDS}}
-        if next_version(nxt, job.version, self.max_staleness) == job.version != self.finished:
+        for held in (self._current, self._pending, self._restored):  # _current: a step stopped before its update
+            if held is not None and held.step == nxt:
+                job = self._worker.wait(held) if not held.done.is_set() else held
+                break
+        mine = None
+        if job is not None and job.rollout is not None:
+            mine = {"step": job.step, "version": job.version, "seconds": job.seconds,
+                    "generator_state": job.generator_state,
+                    "rollout": {f: getattr(job.rollout, f).detach().cpu() for f in ROLLOUT_FIELDS}}
+        # every process's own rollout and RNG (accelerate writes the main process's file only); weights: the same
+        state: dict[str, Any] = {"finished": self.finished, "in_flight": gather_object([mine])}
+        if mine is not None and next_version(nxt, job.version, self.max_staleness) == job.version != self.finished:
             state["weights"] = {"version": job.version, "state": self._weights_of(job.version)}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.finished = int(state["finished"])
-        flight = state.get("in_flight")
+        flight = state["in_flight"][self.rank]
         if flight is not None:
             device = next(self.policy.parameters()).device
             rollout = Rollout(**{f: flight["rollout"][f].to(device) for f in ROLLOUT_FIELDS})

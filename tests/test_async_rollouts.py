@@ -195,13 +195,41 @@ def test_an_interrupted_pipelined_run_resumes_exactly(max_staleness, tiny_model_
     assert not worker_alive()
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "step-3" / "custom_checkpoint_1.pkl",
                        weights_only=False)
-    assert saved["in_flight"]["step"] == 4 and ("weights" in saved) == (max_staleness == 2)
+    assert saved["in_flight"][0]["step"] == 4 and ("weights" in saved) == (max_staleness == 2)
     train_rl(pipelined(tiny_model_path, tmp_path / "resumed", **kw), provider=Sevens())
     a, b = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
     assert [r["rollout/weights_version"] for r in resumed] == [r["rollout/weights_version"] for r in straight]
     assert [r["reward/mean"] for r in resumed] == [r["reward/mean"] for r in straight]
+
+
+class CutShort(Sevens):
+    """Ctrl-C twice while step ``at`` scores: the loop stops at once and checkpoints the step before."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.calls, self.at = 0, at
+
+    def score(self, samples):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt("SIGINT twice")
+        return super().score(samples)
+
+
+def test_a_step_cut_short_after_its_rollout_was_taken_still_resumes_exactly(tiny_model_path, tmp_path):
+    # step 4 has taken its rollout and step 5's is being sampled when the stop comes: the step-3 checkpoint must
+    # hold step 4's rollout and the sampling RNG right after it, not the worker's later state
+    kw = dict(max_steps=6)
+    train_rl(pipelined(tiny_model_path, tmp_path / "straight", **kw), provider=Sevens())
+    with pytest.raises(KeyboardInterrupt):
+        # provider call 1 is the step-0 evaluation, calls 2-4 score steps 1-3
+        train_rl(pipelined(tiny_model_path, tmp_path / "resumed", **kw), provider=CutShort(at=5))
+    assert json.loads((tmp_path / "resumed" / "checkpoints" / "step-3" / "trainer_state.json").read_text())["step"] == 3
+    train_rl(pipelined(tiny_model_path, tmp_path / "resumed", **kw), provider=Sevens())
+    a, b = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---- (d) stops, (e) worker errors ------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def setup(cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend, a
     pipeline = None
     if cfg.async_rollouts:  # registered after resumable: its sampling-RNG state wins on load
         pipeline = RolloutPipeline(backend, net.policy, params, eos_ids, tokenizer.pad_token_id, generator,
-                                   cfg.max_staleness, cfg.max_steps)
+                                   cfg.max_staleness, cfg.max_steps, accelerator.process_index)
         accelerator.register_for_checkpointing(pipeline)
     return RLState(cfg, accelerator, tokenizer, model, ref, optimizer, scheduler, provider, backend, rows, eval_rows,
                    DataOrder(len(rows), cfg.seed), params, eos_ids, resumable, losses, pipeline)
