@@ -24,8 +24,9 @@ own weights) gets the trainer's policy pushed to it at each refresh instead, and
 Exact resume: in-flight rollouts are *checkpointed*, not regenerated. At a checkpoint after step k the rollout
 for step k+1 already exists (or is waited for), sampled from weights the checkpoint no longer holds, so it
 cannot be regenerated from the checkpoint's weights; it is small (token ids, masks, log-probs), so it is saved
-with the sampling RNG state right after it, and, only when the following rollout would reuse weights older than
-step k's (``max_staleness >= 2``), the generator's weights too.
+(each process's own) with the sampling RNG state right after it, and, only when the following rollout would reuse
+weights older than step k's (``max_staleness >= 2``), the generator's weights too. A step cut short after taking
+its rollout (Ctrl-C twice) leaves that rollout to the checkpoint of the step before, so that resume is exact too.
 
 Threads vs processes: a thread. Measured on the 2-core CPU this was built on (the bench's ``small`` model, one
 torch thread each, machine shared): overlapping generation and update in two threads took 0.35 s per
