@@ -13,7 +13,10 @@ The same workload goes through both frameworks, each in its own subprocess (so p
   share of groups whose rewards are all equal, as both frameworks saw them.
 * frameworks: ``trl``; ``rewardhub`` as shipped, which leaves zero-advantage rows out of the update's forward
   and backward (``skip_zero_advantage``; exact: those rows' gradient is 0); ``rewardhub-noskip``, the same
-  with that off, so the table separates the skip from the rest of the loop.
+  with that off, so the table separates the skip from the rest of the loop; ``rewardhub-pipelined``, as
+  shipped plus ``async_rollouts`` with ``max_staleness=1`` (step n+1's rollout sampled in a worker thread
+  while step n scores and updates; the ``--threads`` torch threads split between trainer and generator, one
+  each at ``--threads 2``).
 * one step = 4 prompts x 4 samples = 16 sequences, up to 16 new tokens (EOS allowed), temperature 1.0, no
   top-k / top-p, one optimizer step per generation batch (rewardhub: batch_size=4, num_generations=4,
   ppo_epochs=1, minibatch_size=0, grad_accum=1; TRL: per_device_train_batch_size=16, num_generations=4,
@@ -21,7 +24,9 @@ The same workload goes through both frameworks, each in its own subprocess (so p
   ``adamw_torch_fused``, and rewardhub's) lr 1e-5 constant, max grad norm 1.0, clip 0.2, group-std advantage
   scaling, beta = 0 (no reference model, no KL) in both, fp32,
   gradient checkpointing off, logging / evaluation / checkpointing off (as far as each framework allows),
-  one torch thread (``torch.set_num_threads(1)`` and ``OMP_NUM_THREADS=1``).
+  ``--threads`` torch threads (default 1: ``torch.set_num_threads(N)`` and ``OMP_NUM_THREADS=N``). The issue's
+  configuration is ``--threads 2``: TRL and synchronous rewardhub with two threads, pipelined rewardhub with
+  one for the trainer and one for the generator.
 
 Measurement: a step's time is the wall time between the end of the previous step and the end of this one
 (rewardhub: the ``callbacks`` of ``train_rl``; TRL: ``TrainerCallback.on_step_end``), so it covers everything
@@ -32,11 +37,14 @@ both (completion tokens up to and including the first EOS) and tokens/s is the m
 their total time. Peak RSS is the subprocess's ``VmHWM`` read right after its last step (before any final
 save). rewardhub's own per-phase timings (``time/*`` metrics) and TRL's (the same phases, timed by wrapping
 ``_generate_single_turn`` and ``_calculate_rewards``) are printed as a breakdown, with generation-only
-tokens/s. ``--repeats N`` interleaves N runs per framework (load drift on a shared machine then hits both
+tokens/s. For ``rewardhub-pipelined`` ``gen ms`` is the worker's (overlapped) generation time and ``rest``
+leaves out only the time the trainer waited for it; a last line compares its measured step with the ideal
+pipelined step, ``max(generation, everything else)``, from the synchronous run's phases and from its own.
+``--repeats N`` interleaves N runs per framework (load drift on a shared machine then hits both
 alike) and pools their measured steps; ``--profile DIR`` cProfiles the measured steps of each framework.
 
     python bench/bench_grpo_vs_trl.py [--variant small|large|both] [--reward sparse|dense|both] [--steps 13]
-                                      [--warmup 3] [--repeats 1] [--json out.json] [--profile DIR]
+                                      [--warmup 3] [--repeats 1] [--threads 1] [--json out.json] [--profile DIR]
 
 TRL is needed only for this benchmark (``pip install trl``; keep the installed torch/transformers: if pip
 wants to replace them use ``pip install --no-deps trl`` and add the small missing dependencies).
@@ -59,7 +67,7 @@ from typing import Any
 
 from _common import VARIANTS, StepClock, build_model, peak_rss_mib, print_profile
 
-FRAMEWORKS = ("trl", "rewardhub", "rewardhub-noskip")
+FRAMEWORKS = ("trl", "rewardhub", "rewardhub-noskip", "rewardhub-pipelined")
 PROMPTS_PER_STEP, GROUP, NEW_TOKENS, LR, SEED, N_PROMPTS = 4, 4, 16, 1e-5, 0, 256
 
 
@@ -92,10 +100,10 @@ def zero_std_share(values: list[float]) -> float:
 # ------------------------------------------------------------------------------------------------------------
 
 def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn,
-                  skip: bool = True) -> dict[str, Any]:
+                  skip: bool = True, threads: int = 1, pipelined: bool = False) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from rewardhub.config import RLConfig
     from rewardhub.recipes import rl as ppo
     from rewardhub.rewards import Reward, RewardProvider
@@ -114,15 +122,18 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
         max_steps=steps, batch_size=PROMPTS_PER_STEP, num_generations=GROUP, grad_accum=1, minibatch_size=0,
         ppo_epochs=1, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, max_grad_norm=1.0,
         clip_eps=0.2, scale_rewards=True, kl_coef=0.0, kl_in_reward=False, kl_loss_coef=0.0,
-        log_every=steps, eval_every=0, save_every=0, completions_every=0, resume=False, threads=1,
-        report_to="none", skip_zero_advantage=skip,
+        log_every=steps, eval_every=0, save_every=0, completions_every=0, resume=False, threads=threads,
+        report_to="none", skip_zero_advantage=skip, async_rollouts=pipelined, max_staleness=1,
     )
     n_seq = PROMPTS_PER_STEP * GROUP
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         # train_rl has no "setup done" hook: step 1's time includes setup, and step 1 is a warm-up step.
+        # pipelined: "time/generation" is the wait for the worker's rollout, which generated it meanwhile
+        generation = metrics.get("time/generation_worker", metrics["time/generation"])
         clock.step_end(metrics["completions/mean_length"] * n_seq,
-                       generation=metrics["time/generation"], scoring=metrics["time/scoring"],
+                       generation=generation, generation_wait=metrics["time/generation"],
+                       scoring=metrics["time/scoring"],
                        old_logprobs=metrics["time/forward"], update=metrics["time/update"],
                        reward=metrics.get("reward/mean", float("nan")), zero_std=zero_std[-1],
                        rows_skipped=metrics.get("update/frac_rows_skipped", 0.0))
@@ -135,6 +146,8 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
         policy = run.net.policy
         checks.update(gradient_checkpointing=bool(policy.is_gradient_checkpointing), dtype=str(policy.dtype),
                       ref_model=run.ref is not None, threads=torch.get_num_threads())
+        if run.pipeline is not None:
+            checks["threads"] = "trainer {}, generator {}".format(*run.pipeline.threads)
         return run
 
     ppo.setup = checked_setup
@@ -143,11 +156,11 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, cloc
             "checks": checks}
 
 
-def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn
-            ) -> dict[str, Any]:
+def run_trl(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn,
+            threads: int = 1) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -217,10 +230,11 @@ def worker(args: argparse.Namespace) -> None:
     clock = StepClock(args.steps, args.warmup, profiler)
     with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as out:
         if args.worker == "trl":
-            result = run_trl(args.model_dir, args.data_file, out, args.steps, clock, reward_fn)
+            result = run_trl(args.model_dir, args.data_file, out, args.steps, clock, reward_fn, args.threads)
         else:
             result = run_rewardhub(args.model_dir, args.data_file, out, args.steps, clock, reward_fn,
-                                   skip=args.worker == "rewardhub")
+                                   skip=args.worker != "rewardhub-noskip", threads=args.threads,
+                                   pipelined=args.worker == "rewardhub-pipelined")
     result["wall_s"] = time.perf_counter() - t0
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -253,7 +267,7 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
            "peak_rss_mib": max(res["peak_rss_mib"] for res in runs),
            "peak_rss_end_mib": max(res["peak_rss_end_mib"] for res in runs),
            "wall_s": [res["wall_s"] for res in runs]}
-    for key in ("generation", "scoring", "old_logprobs", "update"):
+    for key in ("generation", "generation_wait", "scoring", "old_logprobs", "update"):
         if all(key in s for s in steps):
             out[f"median_{key}_s"] = statistics.median(s[key] for s in steps)
     for key in ("zero_std", "rows_skipped"):
@@ -267,12 +281,13 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 def run_worker(framework: str, model_dir: Path, data_file: Path, reward: str, args: argparse.Namespace,
                tmp: Path, profile: Path | None) -> dict[str, Any]:
     result = tmp / f"{framework}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "CUDA_VISIBLE_DEVICES": "",
            "TRL_EXPERIMENTAL_SILENCE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir),
            "--data-file", str(data_file), "--reward", reward, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--result", str(result)]
+           "--result", str(result), "--threads", str(args.threads)]
     if profile is not None:
         cmd += ["--profile", str(profile)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -286,7 +301,7 @@ def print_table(title: str, n_params: int, rows: dict[str, dict[str, Any]]) -> N
     r0 = rows["trl"]
     print(f"\n== {title}: {n_params / 1e6:.2f}M parameters, {PROMPTS_PER_STEP}x{GROUP} sequences/step, "
           f"{NEW_TOKENS} new tokens, {r0['measured_steps']} measured steps ({r0['repeats']} run(s) each) ==")
-    head = (f"{'framework':16s} {'step ms':>8s} {'tok/step':>8s} {'tokens/s':>9s} {'peak RSS MiB':>12s}  "
+    head = (f"{'framework':19s} {'step ms':>8s} {'tok/step':>8s} {'tokens/s':>9s} {'peak RSS MiB':>12s}  "
             f"{'gen ms':>7s} {'reward ms':>9s} {'old-lp ms':>9s} {'rest ms':>8s} {'gen tok/s':>9s} "
             f"{'zero-std groups':>15s} {'rows skipped':>12s}")
     print(head)
@@ -295,10 +310,10 @@ def print_table(title: str, n_params: int, rows: dict[str, dict[str, Any]]) -> N
         r = rows[name]
         gen, score = r.get("median_generation_s", float("nan")), r.get("median_scoring_s", float("nan"))
         old = r.get("median_old_logprobs_s", 0.0)
-        rest = r["median_step_s"] - gen - score - old
+        rest = r["median_step_s"] - r.get("median_generation_wait_s", gen) - score - old
         old_txt = f"{old * 1e3:9.1f}" if "median_old_logprobs_s" in r else f"{'-':>9s}"
         skipped = f"{r['mean_rows_skipped']:12.0%}" if "mean_rows_skipped" in r else f"{'-':>12s}"
-        print(f"{name:16s} {r['median_step_s'] * 1e3:8.1f} {r['tokens_per_step']:8.1f} {r['tokens_per_s']:9.1f} "
+        print(f"{name:19s} {r['median_step_s'] * 1e3:8.1f} {r['tokens_per_step']:8.1f} {r['tokens_per_s']:9.1f} "
               f"{r['peak_rss_mib']:12.1f}  {gen * 1e3:7.1f} {score * 1e3:9.1f} {old_txt} {rest * 1e3:8.1f} "
               f"{r.get('generation_tokens_per_s', float('nan')):9.1f} {r.get('mean_zero_std', float('nan')):15.0%} "
               f"{skipped}")
@@ -308,14 +323,34 @@ def print_table(title: str, n_params: int, rows: dict[str, dict[str, Any]]) -> N
         speed = a["tokens_per_s"] / b["tokens_per_s"]
         mem = a["peak_rss_mib"] / b["peak_rss_mib"]
         verdict = "MET" if speed >= 2.0 and mem <= 1.0 else "NOT MET"
+        target = "target (>= 2x tokens/s at <= TRL's peak RSS)"
+        if name == "rewardhub-pipelined":
+            verdict, target = ("MET" if mem <= 1.2 else "NOT MET"), "peak RSS target (<= 1.2x TRL's)"
         gen_speed = a.get("generation_tokens_per_s", float("nan")) / b.get("generation_tokens_per_s", float("nan"))
         print(f"{name}/TRL: tokens/s {speed:.2f}x, median step time {a['median_step_s'] / b['median_step_s']:.2f}x, "
-              f"peak RSS {mem:.2f}x, generation-only tokens/s {gen_speed:.2f}x; target (>= 2x tokens/s at <= "
-              f"TRL's peak RSS): {verdict}")
+              f"peak RSS {mem:.2f}x, generation-only tokens/s {gen_speed:.2f}x; {target}: {verdict}")
+    print(pipeline_line(rows["rewardhub"], rows["rewardhub-pipelined"]))
     print("(step = wall time between consecutive step ends; gen/reward/old-lp = median time in generation, reward "
           "scoring and rewardhub's separate old-log-prob pass; rest = step - those: loss forward/backward, "
           "optimizer, bookkeeping; gen tok/s = generated tokens / time in generation; zero-std groups = share of "
           "groups whose rewards were all equal; rows skipped = share of rows left out of the update)")
+
+
+def pipeline_line(sync: dict[str, Any], piped: dict[str, Any]) -> str:
+    """The pipelined step measured against the ideal ``max(generation, the rest)``, two ways.
+
+    From the synchronous run: its median generation and its median step minus that (what could overlap, at
+    the synchronous run's thread count). From the pipelined run itself: the worker's median generation time
+    and the median step minus the time the trainer waited for the rollout (both slowed by sharing the CPU).
+    """
+    ideal_sync = max(sync["median_generation_s"], sync["median_step_s"] - sync["median_generation_s"])
+    own_rest = piped["median_step_s"] - piped["median_generation_wait_s"]
+    ideal_own = max(piped["median_generation_s"], own_rest)
+    step = piped["median_step_s"]
+    return (f"pipelined step {step * 1e3:.1f} ms vs ideal max(generation, rest): {ideal_sync * 1e3:.1f} ms from the "
+            f"synchronous run's phases ({step / ideal_sync:.2f}x), {ideal_own * 1e3:.1f} ms from its own (generation "
+            f"{piped['median_generation_s'] * 1e3:.1f} ms in the worker, rest {own_rest * 1e3:.1f} ms; "
+            f"{step / ideal_own:.2f}x); synchronous step {sync['median_step_s'] * 1e3:.1f} ms")
 
 
 def run_frameworks(model_dir: Path, data_file: Path, variant: str, reward: str, args: argparse.Namespace,
@@ -350,6 +385,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per framework, interleaved (TRL, rewardhub, rewardhub, TRL, ...) so load drift on a "
                          "shared machine hits both alike; measured steps are pooled")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per framework process (default 1); the pipelined variant splits them "
+                         "between trainer and generator (2: one each)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="cProfile the measured steps of each framework's first run, write DIR/<variant>_<framework>"
@@ -367,6 +405,8 @@ def main() -> None:
         ap.error(f"--steps ({args.steps}) must be larger than --warmup ({args.warmup})")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
     if importlib.util.find_spec("trl") is None:
         print("TRL is not installed; this benchmark compares against trl.GRPOTrainer. Install it with\n"
               "    pip install trl\n(or `pip install --no-deps trl` plus its small missing dependencies, so pip "
@@ -377,13 +417,15 @@ def main() -> None:
     import torch
 
     print(f"rewardhub vs TRL GRPO | trl {version('trl')}, transformers {version('transformers')}, "
-          f"torch {torch.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 1 torch thread")
+          f"torch {torch.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.threads} torch "
+          "thread(s) per process")
     load_start = os.getloadavg()
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     variants = ["small", "large"] if args.variant == "both" else [args.variant]
     report: dict[str, Any] = {"trl_version": version("trl"), "torch_version": torch.__version__,
                               "transformers_version": version("transformers"), "steps": args.steps,
-                              "warmup": args.warmup, "repeats": args.repeats, "profiled": args.profile is not None,
+                              "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
+                              "profiled": args.profile is not None,
                               "loadavg_start": load_start, "variants": {}}
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -414,7 +456,7 @@ def main() -> None:
     load_end = os.getloadavg()
     report["loadavg_end"] = load_end
     print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} "
-          f"(the machine has {os.cpu_count()} CPUs; each worker uses one thread)")
+          f"(the machine has {os.cpu_count()} CPUs; each worker uses {args.threads} thread(s))")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

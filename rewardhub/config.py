@@ -466,6 +466,10 @@ class RLConfig(TrainConfig):
         "top-k/top-p)")
     generation_timeout: float = setting(600.0, "seconds one request to --generation-server may take")
     generation_concurrency: int = setting(16, "requests to --generation-server in flight at once (one per prompt)")
+    async_rollouts: bool = setting(False, "pipelined RL: sample the next step's rollout in a background worker, "
+                                   "with its own weight copy, while this step scores and updates")
+    max_staleness: int = setting(1, "async_rollouts: a rollout comes from weights at most N updates old "
+                                 "(0: never stale, the synchronous loop's result)")
     sft_warmup_steps: int = setting(0, "SFT steps on --data (rows with completions) before RL, the ReFT warm-up; "
                                     "the policy then starts from OUT/sft-warmup/model, and --max-steps counts RL steps")
 
@@ -521,6 +525,14 @@ def _rl_problems(cfg: RLConfig) -> list[str]:
         p.append(f"adaptive_kl needs kl_target > 0 and kl_horizon > 0, got {cfg.kl_target} and {cfg.kl_horizon}")
     if cfg.minibatch_size and cfg.minibatch_size < cfg.grad_accum:
         p.append(f"minibatch_size ({cfg.minibatch_size}) must be >= grad_accum ({cfg.grad_accum})")
+    if isinstance(cfg.max_staleness, bool) or not isinstance(cfg.max_staleness, int) or cfg.max_staleness < 0:
+        p.append(f"max_staleness must be an int >= 0 (updates a rollout's weights may lag), got {cfg.max_staleness!r}")
+    if cfg.async_rollouts and cfg.recompute_logprobs:
+        p.append("async_rollouts with recompute_logprobs: the recomputed log-probs would be the trainer's current "
+                 "weights', not the behaviour policy's that sampled the rollout (the PPO ratio needs those); drop one")
+    if cfg.async_rollouts and cfg.generation_logprobs == "recompute":
+        p.append("async_rollouts with generation_logprobs=recompute: the PPO ratio needs the behaviour policy's "
+                 "log-probs, which only the server that sampled has; use generation_logprobs=server (or auto)")
     return p + _generation_server_problems(cfg)
 
 

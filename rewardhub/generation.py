@@ -43,6 +43,7 @@ __all__ = [
     "Rollout",
     "SamplingParams",
     "TorchBackend",
+    "WeightSyncing",
     "generate_text",
     "sync_backend_weights",
 ]
@@ -157,7 +158,13 @@ class Rollout:
 
 @runtime_checkable
 class GenerationBackend(Protocol):
-    """Anything that turns token prompts into a :class:`Rollout` (our torch loop, vLLM, a server...)."""
+    """Anything that turns token prompts into a :class:`Rollout` (our torch loop, vLLM, a server...).
+
+    Optional: a backend that holds its own copy of the weights (a server) also implements
+    :meth:`WeightSyncing.sync_weights`; callers look it up with ``getattr`` (it is not part of this
+    protocol, so ``isinstance`` checks do not require it). :class:`TorchBackend` does not implement it: it
+    samples from whatever ``model`` it is given.
+    """
 
     def generate(
         self,
@@ -192,9 +199,27 @@ class GenerationBackend(Protocol):
     # Make the weights the backend samples from equal to ``model``'s. The RL loop calls it on the main
     # process with ``version`` = the number of optimizer steps ``model`` has taken: ``version = step - 1``
     # before a run's first rollout (the starting or resumed weights) and ``version = step`` after each
-    # step's update; a pipelined producer calls it the same way. Versions only grow; calling it twice with
-    # one version may skip the second push. In-process backends sample from ``model`` itself and do nothing
-    # (:meth:`TorchBackend.sync_weights`); :func:`sync_backend_weights` calls it when a backend has it.
+    # step's update; the pipeline (--async-rollouts) calls it instead, on its staleness schedule. Versions only
+    # grow; calling it twice with one version may skip the second push. In-process backends sample from
+    # ``model`` itself and must NOT define it: having the method is how the pipeline tells a backend that holds
+    # its own weights (it then keeps no weight copy) from one it must give a copy; :func:`sync_backend_weights`
+    # calls it when a backend has it.
+
+
+@runtime_checkable
+class WeightSyncing(Protocol):
+    """The optional method of a :class:`GenerationBackend` that samples from weights it holds itself."""
+
+    def sync_weights(self, model: Any, version: int) -> None:
+        """Make the backend sample from ``model``'s current weights from now on.
+
+        Args:
+            model: the trainer's policy (its ``state_dict`` / parameters are what to push).
+            version: the weights version, the count of updates applied to them (0: the initial weights);
+                the pipelined loop (:mod:`rewardhub.rollout_pipeline`) calls it between generations, never
+                during one.
+        """
+        ...
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -527,9 +552,6 @@ class TorchBackend:
             model.train(was_training)
         # Outside inference mode: clones are normal tensors, usable by autograd later (e.g. embedding input).
         return Rollout(*(t.clone() for t in out))
-
-    def sync_weights(self, model: Any, version: int) -> None:
-        """Nothing to do: this backend samples from the very ``model`` it is given."""
 
     def _prefill(
         self,

@@ -1,5 +1,6 @@
 """GRPO end to end with rollouts from a real ``rewardhub serve`` subprocess: full-weight and LoRA sync, CLI."""
 
+import json
 import select
 import subprocess
 import sys
@@ -121,3 +122,23 @@ def test_cli_trains_grpo_against_a_generation_server(server, tiny_model_path, tm
     rows = records(out)
     assert len(rows) == 2 and all(r["generation/logprob_abs_diff_max"] < 1e-4 for r in rows)
     assert_server_samples_like(server, "tiny", out / "model")
+
+
+def test_pipelined_grpo_against_the_server_syncs_on_the_staleness_schedule(server, tiny_model_path, tmp_path):
+    """--async-rollouts with a server backend: the pipeline, not the loop, pushes the weights (versions on its
+    schedule, never while a rollout is in flight), staleness 1 after the first step, and the server ends up
+    with the trained weights."""
+    out = tmp_path / "run"
+    base = load_model(str(tiny_model_path), tokenizer=load_tokenizer(str(tiny_model_path)))
+    ServerBackend(server).sync_weights(base, 0)  # back to the starting weights (another test's run)
+    train_rl(cfg(tiny_model_path, out, server, max_steps=3, async_rollouts=True, max_staleness=1),
+             provider=Distinct())
+    rows = records(out)
+    assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["rollout/weights_version"] for r in rows] == [0.0, 0.0, 1.0]
+    assert all(r["generation/logprobs_recomputed"] == 0.0 for r in rows)  # behaviour log-probs: the server's
+    health = json.loads(urllib.request.urlopen(server.rsplit("/v1", 1)[0] + "/health").read())
+    assert str(health["weight_version"]) == "1", health  # the last refresh: the weights after step 1
+    with pytest.raises(Exception, match="behaviour policy"):
+        train_rl(cfg(tiny_model_path, tmp_path / "bad", server, async_rollouts=True, generation_logprobs="recompute"),
+                 provider=Distinct())

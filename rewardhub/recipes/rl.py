@@ -15,7 +15,8 @@ maths is in :mod:`rewardhub.maths.rl`. :func:`rewardhub.loop.run` drives the ste
 checkpoints). Exact resume: the checkpoint holds model/optimizer/scheduler/RNGs (accelerate) plus
 :class:`RLCheckpoint` (KL coefficient, each process's sampling generator), and the data order and minibatch
 shuffles are pure functions of (seed, step), so an interrupted and resumed run gives the same weights as an
-uninterrupted one.
+uninterrupted one. With ``async_rollouts`` the sampling is served one step ahead by
+:class:`rewardhub.rollout_pipeline.RolloutPipeline` (bounded staleness; the PPO ratio against the behaviour log-probs).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from rewardhub.maths.value_head import ActorCritic, ValueHead, hidden_size_of
 from rewardhub.models import LoraOptions, check_lengths_fit, disable_dropout, load_model, load_tokenizer
 from rewardhub.reward_resolution import build_reward, reward_spec_of, summarize
 from rewardhub.rewards import Reward, RewardProvider, Sample, Status, check_failure_rate, first_failure
+from rewardhub.rollout_pipeline import RolloutPipeline
 
 log = logging.getLogger(__name__)
 #: --reward when neither the flag nor the task names one
@@ -114,8 +116,8 @@ class RLState:
     eos_ids: list[int]
     resumable: RLCheckpoint
     losses: LossSettings
-    timings: dict[str, float] = field(default_factory=dict)
     weights_version: int | None = None  # the optimizer steps of the weights the backend samples from
+    pipeline: RolloutPipeline | None = None  # --async-rollouts: samples each step's rollout one step ahead
 
     @property
     def net(self) -> ActorCritic:
@@ -142,9 +144,11 @@ def train_rl(cfg: RLConfig, callbacks: Sequence[Callback] = (), provider: Reward
                                                                   cfg.reward_args)
     own_backend = backend is None
     backend = backend if backend is not None else backend_for(cfg)
+    recipe = RL(cfg, provider, backend)
     try:
-        return run(RL(cfg, provider, backend), cfg, callbacks)
+        return run(recipe, cfg, callbacks)
     finally:
+        recipe.close()
         if own:
             provider.close()
         if own_backend and hasattr(backend, "close"):
@@ -159,9 +163,17 @@ class RL:
     def __init__(self, cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend):
         self.cfg, self.provider, self.backend = cfg, provider, backend
         self.label = cfg.algo
+        self.pipeline: RolloutPipeline | None = None
 
     def setup(self, accelerator) -> RLState:
-        return setup(self.cfg, self.provider, self.backend, accelerator)
+        state = setup(self.cfg, self.provider, self.backend, accelerator)
+        self.pipeline = state.pipeline
+        return state
+
+    def close(self) -> None:
+        """Stop the rollout worker (--async-rollouts), however the run ended."""
+        if self.pipeline is not None:
+            self.pipeline.close()
 
     def step(self, state: RLState, step: int) -> dict[str, float]:
         return rl_step(state, step)
@@ -203,8 +215,14 @@ def setup(cfg: RLConfig, provider: RewardProvider, backend: GenerationBackend, a
     accelerator.register_for_checkpointing(resumable)
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
     losses = LossSettings(cfg.clip_eps, cfg.clip_eps_high, cfg.vf_coef, cfg.clip_value, cfg.kl_loss_coef)
+    eos_ids = eos_ids_of(tokenizer, net.policy)
+    pipeline = None
+    if cfg.async_rollouts:  # registered after resumable: its sampling-RNG state wins on load
+        pipeline = RolloutPipeline(backend, net.policy, params, eos_ids, tokenizer.pad_token_id, generator,
+                                   cfg.max_staleness, cfg.max_steps, accelerator.process_index)
+        accelerator.register_for_checkpointing(pipeline)
     return RLState(cfg, accelerator, tokenizer, model, ref, optimizer, scheduler, provider, backend, rows, eval_rows,
-                   DataOrder(len(rows), cfg.seed), params, eos_ids_of(tokenizer, net.policy), resumable, losses)
+                   DataOrder(len(rows), cfg.seed), params, eos_ids, resumable, losses, pipeline=pipeline)
 
 
 def build_models(cfg: RLConfig, tokenizer) -> tuple[ActorCritic, Any]:
@@ -246,11 +264,13 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     """One full step: sample, score, mask failures, advantages, update. Its metrics (all processes agree)."""
     cfg, acc = state.cfg, state.accelerator
     t0 = time.perf_counter()
-    sync_s = sync_weights(state, step - 1)  # the backend samples from the weights of step - 1 (a no-op when it does)
+    # the backend samples from the weights of step - 1 (a no-op when it does); pipelined, the pipeline syncs
+    sync_s = sync_weights(state, step - 1) if state.pipeline is None else 0.0
     # 1. sample G completions per prompt
     rows, prompts, rollout = sample_rollout(state, step)
     completions = decode(state.tokenizer, rollout)
     t1 = time.perf_counter()
+    pipelined = state.pipeline.metrics(state.pipeline.last) if state.pipeline is not None else {}
     # 2. score them, once per batch
     ids = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), rollout.completion_lengths.tolist())]
     rewards = state.provider([Sample(p, c, r, i) for p, c, r, i in zip(prompts, completions, rows, ids)])
@@ -276,7 +296,10 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     # 5. ppo_epochs x minibatches of the clipped loss, then one LR-schedule step
     train_stats = update(state, batch, step)
-    sync_s += sync_weights(state, step)
+    if state.pipeline is not None:
+        state.pipeline.done(step)  # the pipeline refreshes the sampler's weights (and a server's) on its schedule
+    else:
+        sync_s += sync_weights(state, step)
     t4 = time.perf_counter()
     # 6. the KL controller, metrics and the completions table
     n_valid = valid.sum().clamp_min(1)
@@ -289,7 +312,8 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
                "completions/eos_rate": float(_reduce(state, rollout.eos_reached.float().mean())),
                "lr": state.scheduler.get_last_lr()[0], "time/step": t4 - t0, "time/generation": t1 - t0,
                "time/scoring": t2 - t1, "time/forward": t3 - t2, "time/update": t4 - t3, "time/weight_sync": sync_s,
-               "time/tokens_per_s": n_tokens / max(t1 - t0, 1e-9)}
+               "time/tokens_per_s": n_tokens / max(pipelined.get("time/generation_worker", t1 - t0), 1e-9),
+               **pipelined}
     if batch.old_values is not None:
         m = batch.train_mask
         metrics["value/mean"] = float(_reduce(state, masked_mean(batch.old_values, m)))
@@ -305,7 +329,20 @@ def rl_step(state: RLState, step: int) -> dict[str, float]:
 
 
 def sample_rollout(state: RLState, step: int) -> tuple[list[dict], list[str], Rollout]:
-    """This process's prompts for ``step`` (each repeated ``generations`` times, consecutively), completions."""
+    """This process's prompts for ``step`` (each repeated ``generations`` times, consecutively), completions.
+
+    With ``async_rollouts`` the pipeline hands over the rollout it sampled ahead (and starts the next one).
+    """
+    rows, texts, ids = step_prompts(state, step)
+    if state.pipeline is not None:
+        return rows, texts, state.pipeline.take(step, lambda n: step_prompts(state, n)[2]).rollout
+    rollout = state.backend.generate(state.net.policy, ids, state.params, eos_token_id=state.eos_ids,
+                                   pad_token_id=state.tokenizer.pad_token_id, generator=state.resumable.generator)
+    return rows, texts, rollout
+
+
+def step_prompts(state: RLState, step: int) -> tuple[list[dict], list[str], list[list[int]]]:
+    """This process's rows, prompt texts and prompt token ids for ``step``: a pure function of (seed, step)."""
     cfg, acc, tok = state.cfg, state.accelerator, state.tokenizer
     indices = state.order.batch(step - 1, cfg.batch_size * acc.num_processes)
     with acc.split_between_processes(indices) as mine:
@@ -314,9 +351,7 @@ def sample_rollout(state: RLState, step: int) -> tuple[list[dict], list[str], Ro
     keep = max(1, cfg.max_length - cfg.max_new_tokens)
     ids = [p[-keep:] for p in tok(texts, add_special_tokens=False)["input_ids"]]
     rows, texts, ids = ([x for x in xs for _ in range(cfg.generations)] for xs in (rows, texts, ids))
-    rollout = state.backend.generate(state.net.policy, ids, state.params, eos_token_id=state.eos_ids,
-                                   pad_token_id=tok.pad_token_id, generator=state.resumable.generator)
-    return rows, texts, rollout
+    return rows, texts, ids
 
 
 def decode(tokenizer, rollout: Rollout) -> list[str]:
@@ -342,13 +377,20 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
     ``recompute_logprobs`` asks for it, the sampler's log-probs *are* the old log-probs (the same model, the
     same positions, the same temperature; tested equal to a fresh pass). That saves a full forward per step.
     A backend whose log-probs follow another convention (a vLLM server) or that left some out (NaN) gets the
-    pass anyway (:func:`policy_pass_needed`).
+    pass anyway (:func:`policy_pass_needed`). With ``async_rollouts`` the sampler's log-probs are the old
+    log-probs always (values still come from the pass): the rollout came from older weights, and the PPO ratio
+    must be against that behaviour policy; a pipelined backend whose log-probs cannot serve is refused.
     """
     net, cfg = state.net, state.cfg
     temperature = state.params.logprob_temperature
     start = rollout.prompt_length
     chunk = max(1, math.ceil((cfg.minibatch_size or len(rollout)) / cfg.grad_accum))
     policy_pass = policy_pass_needed(state, rollout)
+    if state.pipeline is not None and not sampler_logprobs_usable(state.backend, rollout):
+        raise ConfigError("async_rollouts needs the sampler's own log-probs (the behaviour policy's), and this "
+                          "generation server's cannot serve (another convention, or missing); use rewardhub serve, "
+                          "or vLLM with --logprobs-mode processed_logprobs and generation_logprobs=server, or drop "
+                          "--async-rollouts")
     was_training = net.training
     net.eval()
     old, values, ref = [], [], []
@@ -358,6 +400,8 @@ def rollout_forward(state: RLState, rollout: Rollout) -> tuple[torch.Tensor, tor
             ids, mask, pos = rollout.input_ids[rows], rollout.attention_mask[rows], rollout.position_ids[rows]
             if policy_pass:
                 logprobs, value, _ = net(ids, mask, pos, start, temperature)
+                if state.pipeline is not None:
+                    logprobs = rollout.logprobs[rows]
             else:
                 logprobs, value = rollout.logprobs[rows], None
             old.append(logprobs)
