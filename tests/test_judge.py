@@ -287,8 +287,10 @@ def test_requests_overlap_up_to_the_concurrency_limit(judge, server):
     rewards = provider([sample("7" * (i % 10 + 1) + f" #{i}") for i in range(16)])
     elapsed = time.perf_counter() - start
     assert all(r.usable for r in rewards)
+    # Overlap is shown by the server's own count of requests in flight at once, not by wall time (a loaded
+    # machine stretches wall time; it cannot raise the count past the limit or make it reach 4 serially).
     assert server.script.max_in_flight["slow"] == 4 and provider.metrics()["judge/max_in_flight"] == 4
-    assert elapsed < 16 * 0.2 / 2, elapsed  # serial would take 3.2 s; 4 at a time about 0.8 s
+    assert elapsed >= 16 * 0.2 / 4 * 0.9, elapsed  # and never more than 4 at a time: 16 x 0.2 s in 4 lanes
     assert provider.metrics()["judge/latency_mean_s"] >= 0.2
 
 
@@ -451,8 +453,10 @@ def test_rpm_limit_spaces_the_requests(judge):
     elapsed = time.perf_counter() - start
     assert all(r.usable for r in rewards)
     m = provider.metrics()
-    assert m["judge/throttled_waits"] == 2 and m["judge/throttled_s"] == pytest.approx(1.0, abs=0.05)
+    # The limiter's guarantee: 4 requests at 2/s with a burst of 2 take at least 1 s. How much of that is spent
+    # waiting depends on how long the requests themselves take (a loaded machine refills the bucket meanwhile).
     assert elapsed >= 0.95
+    assert m["judge/throttled_waits"] in (1, 2) and 0 < m["judge/throttled_s"] <= 1.05
 
 
 def test_rate_options_are_checked(server):

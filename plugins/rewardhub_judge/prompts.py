@@ -286,8 +286,11 @@ def render(template: str, builtin: bool, values: Mapping[str, Any], token: Calla
     nonce = fresh_nonce([*untrusted.values(), *responses], token)
     filled: dict[str, Any] = {k: v for k, v in values.items() if k not in UNTRUSTED_FIELDS}
     names: list[str] = []
+    shown = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     for field_name, text in untrusted.items():
         tag = UNTRUSTED_TAGS[field_name]
+        if field_name not in shown:  # a block the template leaves out is neither rendered nor named
+            continue
         if field_name == "reference" and not text:
             filled[field_name] = ""
             continue

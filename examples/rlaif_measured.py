@@ -1,0 +1,403 @@
+"""RLAIF on CPU, measured: train a small judge, serve it, run GRPO against it, and check both against a rule.
+
+    python examples/rlaif_measured.py --quick      # the pipeline end to end, small (a few minutes on 2 cores)
+    python examples/rlaif_measured.py              # the measured run (see the README's RLAIF section)
+    python examples/rlaif_measured.py --seeds 0 1 2
+
+What it does, all offline:
+
+1. **Policy.** The built-in tiny model (character-level, ~0.3M parameters), given a short SFT on 2-digit
+   addition (``12+35=`` -> ``47``): a policy that is right sometimes.
+2. **Judge.** A separate tiny model trained on *judging* data: the exact request the ``judge`` reward provider
+   sends (its :data:`TEMPLATE` rendered with the provider's own protection: every untrusted field in tags with a
+   fresh per-request nonce, the data notice, look-alikes neutralised; then the judge tokenizer's chat template,
+   exactly as ``rewardhub serve`` applies it) with the reply ``SCORE: 10`` when the answer is right and
+   ``SCORE: 1`` when it is wrong. "Right" is THE RULE: rewardhub's ``verifier`` on the row's gold answer. The
+   answers judged are the gold answer, plausible wrong ones (off by one or ten, digits swapped, a random
+   number) and the weak policy's own samples, balanced half right, half wrong.
+   The judge is reference-guided (the template shows the row's ``answer``, like MT-Bench's reference-guided
+   grading), so it checks the answer against the reference rather than doing the sum. Its tokenizer is a
+   byte-level BPE learned from the judging requests (``rewardhub.tiny_model.build_bpe_tokenizer``): the
+   protected request is ~860 characters, almost all of it fixed instructions and nonce tags; BPE makes that
+   ~270 positions, which a tiny model trains on in minutes on a CPU.
+3. **RLAIF.** ``rewardhub serve --model JUDGE`` (127.0.0.1, a free port) and ``rewardhub.train(algo="grpo",
+   reward="judge", reward_args={base_url, model, template, ...})`` from the policy.
+4. **Measured, held out** (test-split questions, never trained on by either model): the judge's agreement
+   with the rule on judging examples and on the policy's own samples before and after RL, and the policy's
+   greedy accuracy under the rule (not the judge) before and after RL.
+
+What was learnt on the way (kept because it decides what works): a judge without the reference that writes
+the sum before its verdict agreed with the rule at chance (it copied the answer under review into its
+"working": copying is easier than adding); the reference-guided judge at learning rate 3e-3 stayed at chance
+(the verdict loss sat at ln 2), at 1e-3 it learns; and the character-level judge could not fit the protected
+request into its 256 positions (the tiny BPE judge has 512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import select
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The judge's request (the provider's ``template`` option): reference-guided, the row's gold ``answer`` shown.
+TEMPLATE = ("Check the response against the reference answer.\n{data_notice}\n{reference}\n{completion}\n"
+            "Write the reference answer and the response as REFERENCE vs RESPONSE on one line, then SCORE: "
+            "{max_score} if they are the same number, SCORE: {min_score} if not.")
+MIN_SCORE, MAX_SCORE = 1, 10  # the provider's default scale; SCORE: 0 would be outside it (status error)
+JUDGE_NAME = "judge"
+JUDGE_POSITIONS = 512  # the judge's context: a protected request is ~270 BPE tokens
+TASK = {"digits": 2, "ops": "+"}
+
+
+@dataclass
+class Sizes:
+    """How much of everything: ``--quick`` shrinks it all."""
+
+    policy_sft_steps: int = 300
+    judge_sft_steps: int = 500
+    judge_batch: int = 64
+    judge_lr: float = 1e-3
+    judge_vocab: int = 1000
+    judging_questions: int = 3000  # train questions that judging data is made from
+    rl_steps: int = 60
+    rl_prompts: int = 8  # prompts per RL step (x num_generations samples)
+    num_generations: int = 8
+    heldout_questions: int = 150  # test questions for the judge's held-out agreement
+    eval_prompts: int = 200  # test prompts for the policy's accuracy under the rule
+    sample_prompts: int = 100  # test prompts whose policy samples the judge and the rule both score
+    #: share of unparseable judge replies RL tolerates; the quick mode's judge is too short-trained to be held
+    #: to the format (the measured run's judge is, at the default 0.5)
+    max_failure_rate: float = 0.5
+
+
+QUICK = Sizes(policy_sft_steps=150, judge_sft_steps=60, judge_batch=16, judge_vocab=600, judging_questions=300,
+              rl_steps=4, rl_prompts=4, num_generations=4, heldout_questions=20, eval_prompts=40, sample_prompts=16,
+              max_failure_rate=1.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the rule and the judging data
+# ------------------------------------------------------------------------------------------------------------
+
+class Rule:
+    """THE RULE: rewardhub's ``verifier`` (math checker) against the row's gold ``answer``; status ok = right."""
+
+    def __init__(self):
+        from rewardhub.reward_resolution import build_reward
+
+        self.provider = build_reward("verifier", {})
+
+    def __call__(self, rows: list[dict], completions: list[str]) -> list[bool]:
+        from rewardhub.rewards import Sample, Status
+
+        rewards = self.provider([Sample(r["prompt"], c, r, None) for r, c in zip(rows, completions)])
+        return [r.status is Status.OK for r in rewards]
+
+    def close(self) -> None:
+        self.provider.close()
+
+
+def wrong_answers(answer: int, rng: random.Random) -> list[str]:
+    """Plausible wrong answers to an addition: off by one or ten, a dropped carry, swapped digits, a random number."""
+    candidates = {answer + 1, answer - 1, answer + 10, answer - 10, int(str(answer)[::-1]), rng.randrange(200)}
+    if answer >= 10:
+        candidates.add(answer - 10 * rng.choice((1, 2)))
+    return [str(c) for c in sorted(candidates) if c != answer and c >= 0]
+
+
+def judge_message(row: dict, completion: str, token=None) -> str:
+    """The user message the ``judge`` provider sends for (row, completion) with ``template=TEMPLATE``.
+
+    The provider's own pieces, as its ``_values`` and ``_judge`` use them (the test checks they agree); each
+    call draws a fresh nonce, as each request does (``token`` fixes it, for the test).
+    """
+    from rewardhub_judge.prompts import prompt_text, reference_text, render
+
+    values = {"prompt": prompt_text(row["prompt"], row), "completion": completion,
+              "reference": reference_text(row, ("reference", "answer")), "rubric": "",
+              "min_score": f"{MIN_SCORE:g}", "max_score": f"{MAX_SCORE:g}"}
+    return (render(TEMPLATE, False, values) if token is None else render(TEMPLATE, False, values, token)).text
+
+
+def judge_reply(row: dict, completion: str, right: bool) -> str:
+    """What the judge should answer: the two answers side by side, then the verdict the provider parses.
+
+    Writing ``REFERENCE vs RESPONSE`` first is the judge's explanation, and it is what makes the verdict
+    learnable by a tiny model: copying a block is easy, and the comparison then happens between two short,
+    adjacent strings instead of across the nonce-tagged request (a judge replying with the bare score
+    learnt the verdict far more slowly on the full request).
+    """
+    reference = str(row["answer"]).strip()
+    shown = " ".join(completion.split()) or "(empty)"
+    return f"{reference} vs {shown}\nSCORE: {MAX_SCORE if right else MIN_SCORE}"
+
+
+def served_prompt(tokenizer, message: str) -> str:
+    """``message`` as ``rewardhub serve`` feeds it to the model (its LocalModel.render, chat template and all)."""
+    from rewardhub_judge.server import LocalModel, Message
+
+    return LocalModel(None, tokenizer, JUDGE_NAME).render([Message(role="user", content=message)])
+
+
+def judging_examples(rows: list[dict], policy_samples: list[str] | None, rule: Rule, seed: int,
+                     balance: bool = True) -> list[dict]:
+    """(row, completion, label) examples: per question the gold answer, one plausible wrong answer and the
+    policy's sample (when given); labelled by the rule; balanced to half right, half wrong (``balance``)."""
+    rng = random.Random(seed)
+    cands: list[tuple[dict, str]] = []
+    for i, row in enumerate(rows):
+        cands.append((row, row["answer"]))
+        cands.append((row, rng.choice(wrong_answers(int(row["answer"]), rng))))
+        if policy_samples is not None:
+            cands.append((row, policy_samples[i]))
+    labels = rule([r for r, _ in cands], [c for _, c in cands])
+    examples = [{"row": r, "completion": c, "right": ok} for (r, c), ok in zip(cands, labels)]
+    if balance:
+        right = [e for e in examples if e["right"]]
+        wrong = [e for e in examples if not e["right"]]
+        n = min(len(right), len(wrong))
+        examples = rng.sample(right, n) + rng.sample(wrong, n)
+    rng.shuffle(examples)
+    return examples
+
+
+def sft_rows(examples: list[dict], tokenizer) -> list[dict]:
+    """Judging examples as SFT rows: the prompt exactly as served, the reply as the completion (SFT adds EOS)."""
+    return [{"prompt": served_prompt(tokenizer, judge_message(e["row"], e["completion"])),
+             "completion": judge_reply(e["row"], e["completion"], e["right"]),
+             "answer": judge_reply(e["row"], e["completion"], e["right"])}
+            for e in examples]
+
+
+def arithmetic_rows(split: str, size: int, seed: int = 0) -> list[dict]:
+    from rewardhub_tasks.arithmetic import build_arithmetic
+
+    return build_arithmetic(split, size, seed=seed, **TASK).to_list()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the judge server
+# ------------------------------------------------------------------------------------------------------------
+
+def start_judge_server(model_path: str, log_path: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """``rewardhub serve --port 0`` on 127.0.0.1 in a subprocess; (process, base URL) once /v1/models answers."""
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", model_path,
+                             "--host", "127.0.0.1", "--port", "0", "--served-name", JUDGE_NAME, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if "http://" not in line:
+            raise RuntimeError(f"rewardhub serve did not start within {timeout:g}s; see {log_path}")
+        url = line.split(" at ", 1)[1].split()[0]
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        return proc, url
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"judge server at {url} is not answering; see {log_path}") from None
+                time.sleep(0.1)
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def judge_reward_args(url: str, template_file: Path) -> dict:
+    """The ``--reward-arg`` options of the run (a reply is ~20 tokens; one generation at a time on the server)."""
+    return {"base_url": url, "model": JUDGE_NAME, "template": str(template_file), "max_tokens": 40,
+            "concurrency": 2, "timeout": 60}
+
+
+def judge_agreement(provider, examples: list[dict]) -> dict:
+    """Score ``examples`` with the judge provider; agreement with the rule overall, on right and on wrong ones."""
+    from rewardhub.rewards import Sample
+
+    rewards = provider([Sample(e["row"]["prompt"], e["completion"], e["row"], None) for e in examples])
+    said = [r.usable and r.value >= 0.5 for r in rewards]
+    agree = [s == e["right"] for s, e in zip(said, examples)]
+    right = [a for a, e in zip(agree, examples) if e["right"]]
+    wrong = [a for a, e in zip(agree, examples) if not e["right"]]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"n": len(examples), "agreement": mean(agree), "on_right": mean(right), "on_wrong": mean(wrong),
+            "n_right": len(right), "failed": sum(not r.usable for r in rewards),
+            "judge_says_right": mean(said), "rule_says_right": mean([e["right"] for e in examples])}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------------------
+
+def policy_samples(model: str, rows: list[dict], temperature: float, seed: int) -> list[str]:
+    import rewardhub
+
+    result = rewardhub.evaluate(model=model, data=rows, reward="verifier", temperature=temperature,
+                                max_new_tokens=6, seed=seed, limit=0)
+    return [r["completion"] for r in result.rows]
+
+
+def rule_accuracy(model: str, rows: list[dict]) -> float:
+    """Greedy held-out accuracy under the rule (``rewardhub.evaluate`` with the verifier)."""
+    import rewardhub
+
+    return float(rewardhub.evaluate(model=model, data=rows, reward="verifier", max_new_tokens=6,
+                                    limit=0).metrics["accuracy"])
+
+
+def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
+    """(policy path, judge path, facts): the weak policy, then the judge (its own BPE tokenizer, random init,
+    SFT on the judging requests)."""
+    import rewardhub
+    from rewardhub.models import load_tokenizer
+    from rewardhub.tiny_model import build_bpe_tokenizer, build_tiny_model
+
+    common = {"threads": 2, "overwrite": True, "save_every": 0, "eval_every": 0, "log_every": 100}
+    train = arithmetic_rows("train", 5000)
+    test = arithmetic_rows("test", 100, seed=1)
+    policy = rewardhub.sft(model="builtin:tiny-llama", data=train, eval_data=test, reward="verifier",
+                           out=str(out / "policy-sft"), max_steps=sizes.policy_sft_steps, batch_size=64, lr=3e-3,
+                           eval_size=100, eval_max_new_tokens=6, **common)
+    rule = Rule()
+    try:
+        questions = random.Random(0).sample(train, sizes.judging_questions)
+        samples = policy_samples(str(policy.model_path), questions, temperature=1.0, seed=0)
+        examples = judging_examples(questions, samples, rule, seed=0)
+    finally:
+        rule.close()
+    char_tokenizer = load_tokenizer("builtin:tiny-llama")  # only its chat template is used to build the corpus
+    corpus = [row["prompt"] + row["completion"] for row in sft_rows(examples, char_tokenizer)]
+    tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS)
+    init = build_tiny_model(out / "judge-init", seed=3, tokenizer=tokenizer, max_position_embeddings=JUDGE_POSITIONS)
+    rows = sft_rows(examples, tokenizer)
+    longest = max(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in rows) + 1  # + EOS
+    judge = rewardhub.sft(model=str(init), data=rows[64:], eval_data=rows[:64], reward="exact-match",
+                          out=str(out / "judge-sft"), max_steps=sizes.judge_sft_steps, batch_size=sizes.judge_batch,
+                          lr=sizes.judge_lr, max_length=min(longest, JUDGE_POSITIONS), eval_size=64,
+                          eval_max_new_tokens=32, seed=2, **common)
+    facts = {"judging_rows": len(rows), "judge_request_tokens": longest,
+             "judge_request_chars": max(len(r["prompt"]) for r in rows),
+             "judge_sft_exact_reply": judge.metrics.get("reward_mean"), "policy_sft_steps": sizes.policy_sft_steps}
+    return str(policy.model_path), str(judge.model_path), facts
+
+
+def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:
+    import rewardhub
+    from rewardhub.reward_resolution import build_reward
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    policy, judge, facts = build_models(out, sizes)
+    template_file = out / "judge-template.txt"
+    template_file.write_text(TEMPLATE, encoding="utf-8")
+    heldout = arithmetic_rows("test", max(sizes.eval_prompts, sizes.heldout_questions, sizes.sample_prompts))
+    eval_rows = heldout[:sizes.eval_prompts]
+    report: dict = {"sizes": vars(sizes), **facts, "policy_before": rule_accuracy(policy, eval_rows), "seeds": {}}
+    proc, url = start_judge_server(judge, out / "judge-server.log")
+    rule = Rule()
+    try:
+        args = judge_reward_args(url, template_file)
+        provider = build_reward("judge", args)
+        try:
+            questions = heldout[:sizes.heldout_questions]
+            samples = policy_samples(policy, questions, temperature=1.0, seed=1)
+            report["judge_heldout"] = judge_agreement(provider, judging_examples(questions, samples, rule, 1,
+                                                                                 balance=False))
+            sample_rows = heldout[:sizes.sample_prompts]
+            before = policy_samples(policy, sample_rows, temperature=1.0, seed=2)
+            report["judge_on_policy_before"] = judge_agreement(provider, [
+                {"row": r, "completion": c, "right": ok} for r, c, ok in zip(sample_rows, before,
+                                                                            rule(sample_rows, before))])
+        finally:
+            provider.close()
+        print(f"judge on held-out judging examples: {report['judge_heldout']}", flush=True)
+        for seed in seeds:
+            rl = rewardhub.train(
+                algo="grpo", reward="judge", reward_args=args, model=policy, data=arithmetic_rows("train", 5000),
+                eval_data=eval_rows[:64], out=str(out / f"grpo-judge-seed{seed}"), seed=seed,
+                max_steps=sizes.rl_steps, sft_warmup_steps=0, batch_size=sizes.rl_prompts,
+                num_generations=sizes.num_generations, max_new_tokens=6, temperature=1.0, lr=5e-4, kl_coef=0.0,
+                eval_size=64, eval_every=0, save_every=0, log_every=10, completions_every=10, threads=1,
+                max_failure_rate=sizes.max_failure_rate, overwrite=True)
+            after_path = str(rl.model_path)
+            provider = build_reward("judge", args)
+            try:
+                after = policy_samples(after_path, sample_rows, temperature=1.0, seed=2)
+                on_after = judge_agreement(provider, [
+                    {"row": r, "completion": c, "right": ok} for r, c, ok in zip(sample_rows, after,
+                                                                                rule(sample_rows, after))])
+            finally:
+                provider.close()
+            report["seeds"][seed] = {
+                "policy_after": rule_accuracy(after_path, eval_rows),
+                "judge_reward_before": rl.metrics.get("before/reward_mean"),
+                "judge_reward_after": rl.metrics.get("after/reward_mean"),
+                "judge_on_policy_after": on_after}
+            print(f"seed {seed}: rule accuracy {report['policy_before']:.1%} -> "
+                  f"{report['seeds'][seed]['policy_after']:.1%}", flush=True)
+    finally:
+        rule.close()
+        stop_server(proc)
+    report["minutes"] = (time.monotonic() - t0) / 60
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def summary(report: dict) -> str:
+    h = report["judge_heldout"]
+    p = report["judge_on_policy_before"]
+    lines = [
+        f"judge vs the rule, held-out judging examples: {h['agreement']:.1%} agreement on {h['n']} "
+        f"({h['on_right']:.1%} of {h['n_right']} right answers, {h['on_wrong']:.1%} of {h['n'] - h['n_right']} "
+        f"wrong ones; {h['failed']} unparseable)",
+        f"judge vs the rule, the policy's own samples before RL: {p['agreement']:.1%} of {p['n']} "
+        f"(rule: {p['rule_says_right']:.1%} right, judge: {p['judge_says_right']:.1%})",
+        f"policy under the rule, greedy, {report['sizes']['eval_prompts']} held-out prompts: "
+        f"before RL {report['policy_before']:.1%}"]
+    for seed, s in report["seeds"].items():
+        a = s["judge_on_policy_after"]
+        lines.append(f"  seed {seed}: after {s['rl_steps'] if 'rl_steps' in s else report['sizes']['rl_steps']} "
+                     f"GRPO steps against the judge {s['policy_after']:.1%} "
+                     f"(gain {s['policy_after'] - report['policy_before']:+.1%}); judge's held-out reward "
+                     f"{s['judge_reward_before']:.3f} -> {s['judge_reward_after']:.3f}; judge vs rule on the "
+                     f"new policy's samples {a['agreement']:.1%} (rule: {a['rule_says_right']:.1%} right)")
+    lines.append(f"({report['minutes']:.1f} minutes)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: the pipeline end to end, not the result")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="RL seeds (one RL run each)")
+    parser.add_argument("--rl-steps", type=int, help="override the number of GRPO steps")
+    parser.add_argument("--out", default="runs/rlaif-measured")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    if args.rl_steps:
+        sizes.rl_steps = args.rl_steps
+    report = run(Path(args.out), sizes, args.seeds)
+    print(summary(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
