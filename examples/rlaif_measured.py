@@ -48,8 +48,7 @@ from pathlib import Path
 
 #: The judge's request (the provider's ``template`` option): reference-guided, the row's gold ``answer`` shown.
 TEMPLATE = ("Check the response against the reference answer.\n{data_notice}\n{reference}\n{completion}\n"
-            "Write the reference answer and the response as REFERENCE vs RESPONSE on one line, then SCORE: "
-            "{max_score} if they are the same number, SCORE: {min_score} if not.")
+            "Reply SCORE: {max_score} if the response is the reference answer, SCORE: {min_score} if not.")
 MIN_SCORE, MAX_SCORE = 1, 10  # the provider's default scale; SCORE: 0 would be outside it (status error)
 JUDGE_NAME = "judge"
 JUDGE_POSITIONS = 512  # the judge's context: a protected request is ~270 BPE tokens
@@ -127,16 +126,8 @@ def judge_message(row: dict, completion: str, token=None) -> str:
 
 
 def judge_reply(row: dict, completion: str, right: bool) -> str:
-    """What the judge should answer: the two answers side by side, then the verdict the provider parses.
-
-    Writing ``REFERENCE vs RESPONSE`` first is the judge's explanation, and it is what makes the verdict
-    learnable by a tiny model: copying a block is easy, and the comparison then happens between two short,
-    adjacent strings instead of across the nonce-tagged request (a judge replying with the bare score
-    learnt the verdict far more slowly on the full request).
-    """
-    reference = str(row["answer"]).strip()
-    shown = " ".join(completion.split()) or "(empty)"
-    return f"{reference} vs {shown}\nSCORE: {MAX_SCORE if right else MIN_SCORE}"
+    """What the judge should answer: the verdict, in the form the provider parses."""
+    return f"SCORE: {MAX_SCORE if right else MIN_SCORE}"
 
 
 def served_prompt(tokenizer, message: str) -> str:
@@ -286,7 +277,9 @@ def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
         rule.close()
     char_tokenizer = load_tokenizer("builtin:tiny-llama")  # only its chat template is used to build the corpus
     corpus = [row["prompt"] + row["completion"] for row in sft_rows(examples, char_tokenizer)]
-    tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS)
+    # hex never merged: a nonce is always 16 tokens, so every block starts at the same offset in every request
+    tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS,
+                                    unmerged="0123456789abcdef")
     init = build_tiny_model(out / "judge-init", seed=3, tokenizer=tokenizer, max_position_embeddings=JUDGE_POSITIONS)
     rows = sft_rows(examples, tokenizer)
     longest = max(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in rows) + 1  # + EOS
