@@ -18,19 +18,27 @@ What it does, all offline:
    The judge is reference-guided (the template shows the row's ``answer``, like MT-Bench's reference-guided
    grading), so it checks the answer against the reference rather than doing the sum. Its tokenizer is a
    byte-level BPE learned from the judging requests (``rewardhub.tiny_model.build_bpe_tokenizer``): the
-   protected request is ~860 characters, almost all of it fixed instructions and nonce tags; BPE makes that
-   ~270 positions, which a tiny model trains on in minutes on a CPU.
+   protected request is ~860 characters, almost all of it fixed instructions and nonce tags; BPE (hex digits
+   never merged, see below) makes that
+   ~360 positions, which a tiny model trains on in minutes on a CPU.
 3. **RLAIF.** ``rewardhub serve --model JUDGE`` (127.0.0.1, a free port) and ``rewardhub.train(algo="grpo",
    reward="judge", reward_args={base_url, model, template, ...})`` from the policy.
 4. **Measured, held out** (test-split questions, never trained on by either model): the judge's agreement
    with the rule on judging examples and on the policy's own samples before and after RL, and the policy's
    greedy accuracy under the rule (not the judge) before and after RL.
 
-What was learnt on the way (kept because it decides what works): a judge without the reference that writes
-the sum before its verdict agreed with the rule at chance (it copied the answer under review into its
-"working": copying is easier than adding); the reference-guided judge at learning rate 3e-3 stayed at chance
-(the verdict loss sat at ln 2), at 1e-3 it learns; and the character-level judge could not fit the protected
-request into its 256 positions (the tiny BPE judge has 512).
+What was learnt on the way (kept because it decides what works; numbers in the README):
+
+- a judge without the reference that writes the sum before its verdict agreed with the rule at chance: it
+  copied the answer under review into its "working" (copying is easier than adding);
+- the reference-guided verdict is learnable by this size of model on a short request (``R 47 A 46`` ->
+  verdict: 84% held out after 500 steps of 64, 95% after 1,300) at learning rate 1e-3, not at 3e-3 (the
+  verdict loss sat at ln 2);
+- the protected request does not fit a character-level judge (861 characters, 256 positions);
+- a judge that first copies both answers (``47 vs 46``) from the tagged blocks could not copy them (it wrote
+  ``98 vs 88`` for ``44``) and said "right" to 90% of held-out examples (39% agreement): with BPE the random
+  nonce splits into a varying number of tokens, so the blocks start at a different offset in every request.
+  Hence ``unmerged="0123456789abcdef"`` below: every nonce is 16 tokens and the layout is fixed.
 """
 
 from __future__ import annotations
@@ -48,11 +56,10 @@ from pathlib import Path
 
 #: The judge's request (the provider's ``template`` option): reference-guided, the row's gold ``answer`` shown.
 TEMPLATE = ("Check the response against the reference answer.\n{data_notice}\n{reference}\n{completion}\n"
-            "Write the reference answer and the response as REFERENCE vs RESPONSE on one line, then SCORE: "
-            "{max_score} if they are the same number, SCORE: {min_score} if not.")
+            "Reply SCORE: {max_score} if the response is the reference answer, SCORE: {min_score} if not.")
 MIN_SCORE, MAX_SCORE = 1, 10  # the provider's default scale; SCORE: 0 would be outside it (status error)
 JUDGE_NAME = "judge"
-JUDGE_POSITIONS = 512  # the judge's context: a protected request is ~270 BPE tokens
+JUDGE_POSITIONS = 512  # the judge's context: a protected request is ~360 BPE tokens
 TASK = {"digits": 2, "ops": "+"}
 
 
@@ -127,16 +134,8 @@ def judge_message(row: dict, completion: str, token=None) -> str:
 
 
 def judge_reply(row: dict, completion: str, right: bool) -> str:
-    """What the judge should answer: the two answers side by side, then the verdict the provider parses.
-
-    Writing ``REFERENCE vs RESPONSE`` first is the judge's explanation, and it is what makes the verdict
-    learnable by a tiny model: copying a block is easy, and the comparison then happens between two short,
-    adjacent strings instead of across the nonce-tagged request (a judge replying with the bare score
-    learnt the verdict far more slowly on the full request).
-    """
-    reference = str(row["answer"]).strip()
-    shown = " ".join(completion.split()) or "(empty)"
-    return f"{reference} vs {shown}\nSCORE: {MAX_SCORE if right else MIN_SCORE}"
+    """What the judge should answer: the verdict, in the form the provider parses."""
+    return f"SCORE: {MAX_SCORE if right else MIN_SCORE}"
 
 
 def served_prompt(tokenizer, message: str) -> str:
@@ -286,7 +285,9 @@ def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
         rule.close()
     char_tokenizer = load_tokenizer("builtin:tiny-llama")  # only its chat template is used to build the corpus
     corpus = [row["prompt"] + row["completion"] for row in sft_rows(examples, char_tokenizer)]
-    tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS)
+    # hex never merged: a nonce is always 16 tokens, so every block starts at the same offset in every request
+    tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS,
+                                    unmerged="0123456789abcdef")
     init = build_tiny_model(out / "judge-init", seed=3, tokenizer=tokenizer, max_position_embeddings=JUDGE_POSITIONS)
     rows = sft_rows(examples, tokenizer)
     longest = max(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in rows) + 1  # + EOS

@@ -66,7 +66,7 @@ def build_tokenizer():
     return tok
 
 
-def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 512):
+def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 512, unmerged: str = ""):
     """A byte-level BPE tokenizer trained on ``texts``, offline, with the char tokenizer's specials and chat template.
 
     Why: a model that reads long fixed text (a judge's instructions, repeated in every request) pays one
@@ -79,6 +79,10 @@ def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 5
         texts: an iterable of training strings (the requests the model will read).
         vocab_size: the vocabulary size, specials and the 256 byte symbols included.
         model_max_length: what the tokenizer reports as the model's context (the model's position count).
+        unmerged: characters no learnt token consists of only (e.g. ``"0123456789abcdef"``): a random string of
+            them, such as a judge request's hex nonce, is then always one token per character, so the request's
+            layout (where each block's text starts) is the same in every request instead of varying with how the
+            nonce happens to split.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -91,11 +95,38 @@ def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 5
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(texts, trainer)
+    if unmerged:
+        core = _without_merges_of(core, set(unmerged))
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
                                   additional_special_tokens=list(ROLE_TOKENS), padding_side="left",
                                   model_max_length=model_max_length)
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def _without_merges_of(core, chars: set[str]):
+    """``core`` (a trained BPE) without the learnt tokens made only of ``chars`` (after an optional leading
+    space, byte-level ``\u0120``: a nonce after a space would otherwise merge with it), nor merges built on them."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(core.to_str())
+    model = spec["model"]
+    kept_merges, vocab = [], dict(model["vocab"])
+    for merge in model["merges"]:  # in learnt order: a merge's parts come before it
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        token = left + right
+        if set(token.lstrip("\u0120")) <= chars or left not in vocab or right not in vocab:  # \u0120: a space
+            vocab.pop(token, None)
+            continue
+        kept_merges.append(merge)
+    model["merges"] = kept_merges
+    # renumber densely (ids must be 0..n-1), specials and the byte alphabet keep their order
+    model["vocab"] = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
+    for added in spec.get("added_tokens", []):
+        added["id"] = model["vocab"][added["content"]]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def build_tiny_model(path: str | os.PathLike, seed: int = 0, tokenizer=None, **config_overrides) -> Path:

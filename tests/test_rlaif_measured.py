@@ -110,20 +110,31 @@ def test_each_judging_request_has_its_own_nonce(example):
 
 def test_bpe_judge_tokenizer_fits_the_request_and_round_trips(example, tmp_path):
     """The judge's BPE tokenizer: a protected request fits its context, decodes to itself, digits are single
-    tokens; a model built with it loads back through ``from_pretrained``."""
+    tokens, and with hex unmerged every nonce is 16 tokens, so requests differ in length only by their answers;
+    a model built with it loads back through ``from_pretrained``."""
+    import secrets
+
     from rewardhub.models import load_model, load_tokenizer
     from rewardhub.tiny_model import build_bpe_tokenizer, build_tiny_model
 
     char_tokenizer = load_tokenizer("builtin:tiny-llama")
     rows = example.arithmetic_rows("train", 200)
-    examples = [{"row": r, "completion": str(int(r["answer"]) + k % 2), "right": k % 2 == 0}
-                for k, r in enumerate(rows)]
+    examples = [{"row": r, "completion": str(int(r["answer"]) + 1), "right": False} for r in rows]
     texts = [r["prompt"] + r["completion"] for r in example.sft_rows(examples, char_tokenizer)]
-    tokenizer = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS)
-    ids = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(ids) == texts[0]
-    assert len(ids) < example.JUDGE_POSITIONS < len(texts[0])  # fits the judge, would not fit one char per position
-    assert [tokenizer.decode([i]) for i in tokenizer("1234", add_special_tokens=False)["input_ids"]] == list("1234")
+    merged = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS)
+    tokenizer = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS,
+                                    unmerged="0123456789abcdef")
+    for tok in (merged, tokenizer):
+        ids = tok(texts[0], add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == texts[0]
+        assert len(ids) < example.JUDGE_POSITIONS < len(texts[0])  # fits the judge, not one char per position
+        assert [tok.decode([i]) for i in tok("1234", add_special_tokens=False)["input_ids"]] == list("1234")
+    nonces = [secrets.token_hex(8) for _ in range(50)]
+    assert all(len(tokenizer(n, add_special_tokens=False)["input_ids"]) == 16 for n in nonces)
+    assert any(len(merged(n, add_special_tokens=False)["input_ids"]) != 16 for n in nonces)  # what unmerged fixes
+    same_answer_length = [t for t, r in zip(texts, rows) if len(str(int(r["answer"]) + 1)) == 2
+                          and len(r["answer"]) == 2]
+    assert len({len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in same_answer_length}) == 1
     path = build_tiny_model(tmp_path / "judge", tokenizer=tokenizer, max_position_embeddings=example.JUDGE_POSITIONS)
     model = load_model(str(path))
     assert model.config.vocab_size == len(tokenizer) and load_tokenizer(str(path)).decode(ids) == texts[0]
