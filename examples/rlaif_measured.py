@@ -39,6 +39,10 @@ What was learnt on the way (kept because it decides what works; numbers in the R
   ``98 vs 88`` for ``44``) and said "right" to 90% of held-out examples (39% agreement): with BPE the random
   nonce splits into a varying number of tokens, so the blocks start at a different offset in every request.
   Hence ``unmerged="0123456789abcdef"`` below: every nonce is 16 tokens and the layout is fixed.
+- with that fixed layout and a bare ``SCORE: n`` reply (this file's setting), the verdict loss still sat at
+  chance (ln 2) after 300 steps of 64, where that run was stopped: the judge does not work yet, so the
+  measured run does not show an RL gain. Next to try: a deeper judge, longer training, a curriculum from the
+  short request to the protected one.
 """
 
 from __future__ import annotations
