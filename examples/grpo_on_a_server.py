@@ -15,46 +15,18 @@ compared with the trained model's own.
 from __future__ import annotations
 
 import argparse
-import select
-import subprocess
-import sys
-import time
-import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 
 import rewardhub
 from rewardhub.generation import SamplingParams, TorchBackend
 from rewardhub.generation_server import ServerBackend
 from rewardhub.models import load_model, load_tokenizer
+from rewardhub_judge.subprocess_server import served
 
 
 def sevens(completion: str, row: dict) -> float:
     return float(completion.count("7"))
-
-
-def start_server(model: str, out: Path) -> tuple[subprocess.Popen, str]:
-    """``rewardhub serve --port 0`` in a subprocess; it and its /v1 URL once ``/v1/models`` answers."""
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", model, "--host",
-                             "127.0.0.1", "--port", "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=log,
-                            text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], 300)  # a server that never prints is given up on
-    line = proc.stdout.readline() if ready else ""  # "serving 'M' at http://127.0.0.1:PORT/v1 ..." once loaded
-    if "http://" not in line:
-        proc.kill()
-        raise SystemExit(f"rewardhub serve did not start; see {out / 'serve.log'}")
-    url = line.split(" at ", 1)[1].split()[0]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).close()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise SystemExit(f"the server at {url} is not answering; see {out / 'serve.log'}") from None
-            time.sleep(0.1)
 
 
 def compare(url: str, served_name: str | None, trained: Path) -> tuple[bool, float]:
@@ -79,8 +51,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/grpo-on-a-server")
     args = parser.parse_args()
     out = Path(args.out)
-    proc, url = (None, args.server) if args.server else start_server(args.model, out.parent / (out.name + "-serve"))
-    try:
+    # without --server: `rewardhub serve` on 127.0.0.1 (a free port), on the model it trains
+    server = nullcontext(args.server) if args.server else served(args.model, out.parent / (out.name + "-serve.log"))
+    with server as url:
         lora = {"lora_r": 8, "lora_alpha": 16} if args.lora else {}
         result = rewardhub.train(algo="grpo", reward=sevens, model=args.model, data="arithmetic",
                                  generation_server=url, generation_model=args.model_name, recompute_logprobs=True,
@@ -95,16 +68,12 @@ def main() -> None:
         print(f"held-out reward: {final['before/reward_mean']:.2f} before, {final['after/reward_mean']:.2f} after")
         print(f"server vs trainer log-probs, largest gap over {len(rows)} steps: {gap:.2e}")
         print(f"per step: {gen:.3f} s sampling on the server, {sync:.3f} s sending weights")
-        served = f"rewardhub-lora-v{args.steps}" if args.lora else args.model_name
-        same, last_gap = compare(url, served, result.model_path)
+        served_name = f"rewardhub-lora-v{args.steps}" if args.lora else args.model_name
+        same, last_gap = compare(url, served_name, result.model_path)
         print(f"after training, greedy completions {'match' if same else 'DIFFER'} (largest log-prob gap "
               f"{last_gap:.2e})")
         if not same or gap > 1e-3:
             raise SystemExit("the server did not sample from the trainer's weights")
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -17,38 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
-import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 
 from rewardhub.cli.main import main as rewardhub
 from rewardhub.tiny_model import build_tiny_model
-
-
-def start_judge_server(model_path: str, out: Path) -> tuple[subprocess.Popen, str]:
-    """``rewardhub serve --port 0`` in a subprocess; returns it and its base URL once /v1/models answers."""
-    log = (out / "judge-server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", model_path, "--port",
-                             "0", "--served-name", "judge", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    line = proc.stdout.readline()  # "serving 'judge' at http://127.0.0.1:PORT/v1 ..." once the model is loaded
-    if "http://" not in line:
-        proc.kill()
-        raise SystemExit(f"rewardhub serve did not start; see {out / 'judge-server.log'}")
-    url = line.split(" at ", 1)[1].split()[0]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise SystemExit(f"judge server at {url} is not answering; see {out / 'judge-server.log'}") from None
-            time.sleep(0.1)
+from rewardhub_judge.subprocess_server import served
 
 
 def main() -> None:
@@ -63,14 +37,22 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    proc, random_judge = None, False
-    url = args.base_url
-    if url is None:
-        judge_path = args.judge_path
-        if judge_path is None:
-            judge_path, random_judge = str(build_tiny_model(out / "tiny-judge")), True
-        proc, url = start_judge_server(judge_path, out)
-        print(f"judge: rewardhub serve {judge_path} at {url}")
+    random_judge = args.base_url is None and args.judge_path is None
+    if args.base_url:
+        server = nullcontext(args.base_url)
+    else:
+        judge_path = str(build_tiny_model(out / "tiny-judge")) if random_judge else args.judge_path
+        server = served(judge_path, out / "judge-server.log", served_name="judge")
+    with server as url:
+        code = train_against(url, args, out, random_judge)
+    if code:
+        raise SystemExit(code)
+    report(out / "train", random_judge)
+
+
+def train_against(url: str, args, out: Path, random_judge: bool) -> int:
+    """``rewardhub train --reward judge`` against the judge at ``url``; the CLI's exit code."""
+    print(f"judge at {url}")
     reward_args = [f"base_url={url}", f"max_tokens={16 if random_judge else 512}", "concurrency=8"]
     if args.judge_model:
         reward_args.append(f"model={args.judge_model}")
@@ -83,15 +65,7 @@ def main() -> None:
         flags += ["--reward-arg", reward_arg]
     if random_judge:
         flags += ["--max-failure-rate", "1.0"]  # every judgement of a random judge fails (see the docstring)
-    try:
-        code = rewardhub(flags)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-    if code:
-        raise SystemExit(code)
-    report(out / "train", random_judge)
+    return rewardhub(flags)
 
 
 def report(run: Path, random_judge: bool) -> None:

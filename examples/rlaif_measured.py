@@ -50,11 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import select
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,43 +185,6 @@ def arithmetic_rows(split: str, size: int, seed: int = 0) -> list[dict]:
 # the judge server
 # ------------------------------------------------------------------------------------------------------------
 
-def start_judge_server(model_path: str, log_path: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """``rewardhub serve --port 0`` on 127.0.0.1 in a subprocess; (process, base URL) once /v1/models answers."""
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", model_path,
-                             "--host", "127.0.0.1", "--port", "0", "--served-name", JUDGE_NAME, "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline() if ready else ""
-        if "http://" not in line:
-            raise RuntimeError(f"rewardhub serve did not start within {timeout:g}s; see {log_path}")
-        url = line.split(" at ", 1)[1].split()[0]
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        return proc, url
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"judge server at {url} is not answering; see {log_path}") from None
-                time.sleep(0.1)
-    except BaseException:
-        stop_server(proc)
-        raise
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def judge_reward_args(url: str, template_file: Path) -> dict:
     """The ``--reward-arg`` options of the run (a reply is ~20 tokens; one generation at a time on the server)."""
     return {"base_url": url, "model": JUDGE_NAME, "template": str(template_file), "max_tokens": 40,
@@ -306,8 +265,7 @@ def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
 
 
 def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:
-    import rewardhub
-    from rewardhub.reward_resolution import build_reward
+    from rewardhub_judge.subprocess_server import served
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -317,7 +275,19 @@ def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:
     heldout = arithmetic_rows("test", max(sizes.eval_prompts, sizes.heldout_questions, sizes.sample_prompts))
     eval_rows = heldout[:sizes.eval_prompts]
     report: dict = {"sizes": vars(sizes), **facts, "policy_before": rule_accuracy(policy, eval_rows), "seeds": {}}
-    proc, url = start_judge_server(judge, out / "judge-server.log")
+    with served(judge, out / "judge-server.log", served_name=JUDGE_NAME, start_timeout=120) as url:
+        run_against_judge(url, out, sizes, seeds, policy, template_file, heldout, eval_rows, report)
+    report["minutes"] = (time.monotonic() - t0) / 60
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def run_against_judge(url: str, out: Path, sizes: Sizes, seeds: list[int], policy: str, template_file: Path,
+                      heldout: list[dict], eval_rows: list[dict], report: dict) -> None:
+    """The judge's held-out agreement, then one GRPO run per seed against it; results go into ``report``."""
+    import rewardhub
+    from rewardhub.reward_resolution import build_reward
+
     rule = Rule()
     try:
         args = judge_reward_args(url, template_file)
@@ -361,10 +331,6 @@ def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:
                   f"{report['seeds'][seed]['policy_after']:.1%}", flush=True)
     finally:
         rule.close()
-        stop_server(proc)
-    report["minutes"] = (time.monotonic() - t0) / 60
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return report
 
 
 def summary(report: dict) -> str:

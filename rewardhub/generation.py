@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -489,6 +489,10 @@ def _preallocate(cache: Any, capacity: int) -> bool:
 # --------------------------------------------------------------------------------------------------------
 
 
+class GenerationStopped(RuntimeError):
+    """:meth:`TorchBackend.generate` was told to stop (its ``should_stop`` returned true) before it finished."""
+
+
 class TorchBackend:
     """Our own decode loop over the Hugging Face KV cache (``DynamicCache`` / ``past_key_values``).
 
@@ -532,8 +536,13 @@ class TorchBackend:
         eos_token_id: int | list[int],
         pad_token_id: int,
         generator: torch.Generator | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Rollout:
         """Sample one completion per prompt; see :meth:`GenerationBackend.generate`.
+
+        ``should_stop`` (optional, not part of the protocol) is asked before every decode step; when it returns
+        true the call raises :class:`GenerationStopped`. A server uses it to abandon a request whose client
+        went away instead of finishing a generation nobody will read.
 
         The model is put in eval mode for the call and its training flag restored afterwards. The loop runs
         under ``torch.inference_mode``; the returned tensors are cloned out of it, so they can be used as
@@ -547,7 +556,7 @@ class TorchBackend:
         model.eval()
         try:
             with torch.inference_mode():
-                out = self._generate(model, prompt_ids, params, eos_ids, pad, generator)
+                out = self._generate(model, prompt_ids, params, eos_ids, pad, generator, should_stop)
         finally:
             model.train(was_training)
         # Outside inference mode: clones are normal tensors, usable by autograd later (e.g. embedding input).
@@ -601,6 +610,7 @@ class TorchBackend:
         eos_ids: list[int],
         pad: int,
         generator: torch.Generator | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[torch.Tensor, ...]:
         device = _model_device(model)
         ids, mask, lengths = _left_pad(prompt_ids, pad, device)
@@ -658,6 +668,8 @@ class TorchBackend:
             n_done = int(finished.sum())  # the one host sync per step, needed to stop early
             if n_done == n_run:
                 break
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(f"stopped after {steps} of {T} tokens")
             if can_compact and n_done > 0 and n_done >= self.compact_fraction * n_run:
                 keep = (~finished).nonzero().squeeze(1)
                 cache.batch_select_indices(keep)

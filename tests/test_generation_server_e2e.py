@@ -1,10 +1,6 @@
 """GRPO end to end with rollouts from a real ``rewardhub serve`` subprocess: full-weight and LoRA sync, CLI."""
 
 import json
-import select
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -18,6 +14,7 @@ from rewardhub.generation_server import ServerBackend
 from rewardhub.models import load_model, load_tokenizer
 from rewardhub.recipes.rl import train_rl
 from rewardhub.rewards import Reward, RewardProvider
+from rewardhub_judge.subprocess_server import served
 
 PROMPTS = ["12+34=", "7+1=", "40+2="]
 
@@ -33,34 +30,9 @@ class Distinct(RewardProvider):
 def server(tiny_model_path, tmp_path_factory):
     """``rewardhub serve`` on 127.0.0.1, port 0, in a subprocess (one for the module: it takes seconds to start);
     its /v1 URL once it answers. Each test starts by syncing the weights it trains from."""
-    tmp_path = tmp_path_factory.mktemp("serve")
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rewardhub.cli.main", "serve", "--model", str(tiny_model_path),
-                             "--port", "0", "--served-name", "tiny", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 120)  # bounded: a server that hangs fails the test
-        line = proc.stdout.readline() if ready else ""
-        assert "http://127.0.0.1:" in line, (tmp_path / "serve.log").read_text()
-        url = line.split(" at ", 1)[1].split()[0]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.1)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with served(str(tiny_model_path), log, served_name="tiny", start_timeout=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
 
 def cfg(tiny_model_path, out, url, **kw):
     base = dict(model=str(tiny_model_path), algo="grpo", data="arithmetic", data_args={"size": 32}, out=str(out),

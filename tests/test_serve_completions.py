@@ -169,3 +169,49 @@ def test_weight_routes_can_be_switched_off_and_need_the_key(tiny_model_path):
         root = thread.url.removesuffix("/v1")
         assert post(root + "/update_weights_from_disk", {"model_path": "/tmp"})[0] == 401
         assert post(root + "/update_weights_from_disk", {"model_path": "/tmp"}, key="k")[0] == 400
+
+
+def test_a_completions_request_whose_client_went_away_never_runs(served):
+    """The model is busy; the client gives up; the request is dropped before it reaches the model."""
+    import socket
+    import time
+
+    thread, local = served
+    body = json.dumps({"model": "tiny", "prompt": [5, 6], "max_tokens": 4}).encode()
+    host, port = thread.url.split("//", 1)[1].split("/", 1)[0].split(":")
+    with local.lock:
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 5
+            while local.in_flight == 0 and time.monotonic() < deadline:  # it waits for the lock ...
+                time.sleep(0.01)
+            assert local.in_flight == 1
+        deadline = time.monotonic() + 5  # ... and its client hangs up
+        while local.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert local.cancelled == 1 and local.requests == 0
+    deadline = time.monotonic() + 5
+    while local.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert local.in_flight == 0 and local.requests == 0  # it never generated
+    assert post(thread.url + "/completions", {"model": "tiny", "prompt": [5], "max_tokens": 2})[0] == 200
+
+
+def test_a_completion_in_progress_stops_at_the_next_token_when_told(served):
+    from rewardhub.generation import GenerationStopped
+    from rewardhub_judge.completions import CompletionRequest, Weights, complete
+
+    _, local = served
+    looks = []
+
+    def stop_on_the_fourth_look():
+        looks.append(1)
+        return len(looks) > 3
+
+    request = CompletionRequest(model="tiny", prompt=[5, 6], max_tokens=200, ignore_eos=True,
+                                stop_token_ids=[local.tokenizer.eos_token_id], temperature=1.0, seed=0)
+    with pytest.raises(GenerationStopped, match="after 4 of 200 tokens"):
+        complete(Weights(local), request, stop_on_the_fourth_look)
+    assert len(looks) == 4
+

@@ -17,6 +17,8 @@ What an RL trainer needs from a sampling server, under the names vLLM and SGLang
   and ``POST /update_weights_from_disk`` ``{"model_path", "weight_version"}`` (SGLang's): the safetensors
   files of a ``save_pretrained`` directory. Every tensor is checked (name, shape) before any is copied in.
 
+A completions request whose client disconnects is dropped as a chat request is (never started if it is still
+waiting for the model, stopped at the next token if it is generating; counted in ``/health``'s ``cancelled``).
 One lock serialises sampling, chat and weight updates (the chat endpoint always samples from the base
 weights as updated, without adapters). Weight updates can be switched off (``--no-weight-updates``); like
 vLLM's runtime LoRA loading they read server-side paths, so keep the server on loopback or behind
@@ -26,6 +28,7 @@ vLLM's runtime LoRA loading they read server-side paths, so keep the server on l
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -36,6 +39,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
+
+from rewardhub.generation import GenerationStopped
+from rewardhub_judge.server import unless_disconnected
 
 #: rows (prompts x n) one completions request may ask for: a bound on the memory one request takes
 MAX_ROWS = 4096
@@ -182,6 +188,25 @@ def mount_completions(app: FastAPI, local, weight_updates: bool = True) -> Weigh
             local.requests += 1
             return fn(*args)
 
+    def sample(request: CompletionRequest, cancel: threading.Event):
+        """``complete`` once the model is free, unless the client has gone by then or goes while it runs."""
+        local.in_flight += 1
+        try:
+            while not local.lock.acquire(timeout=0.05):  # one model: requests run one at a time
+                if cancel.is_set():
+                    local.cancelled += 1
+                    raise Refused(499, "the client closed the request before it started")
+            try:
+                local.requests += 1
+                return complete(weights, request, cancel.is_set)
+            except GenerationStopped as exc:
+                local.cancelled += 1
+                raise Refused(499, f"the client closed the request; generation {exc}") from exc
+            finally:
+                local.lock.release()
+        finally:
+            local.in_flight -= 1
+
     async def answer(fn, *args, plain: str | None = None):
         try:
             result = await run_in_threadpool(locked, fn, *args)
@@ -195,8 +220,11 @@ def mount_completions(app: FastAPI, local, weight_updates: bool = True) -> Weigh
         return _refusal(403, "weight updates are switched off on this server (rewardhub serve --no-weight-updates)")
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest):
-        return await answer(complete, weights, request)
+    async def completions(request: CompletionRequest, raw: Request):
+        try:
+            return JSONResponse(await unless_disconnected(raw, sample, request))
+        except Refused as exc:
+            return _refusal(exc.status, exc.message)
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora(request: LoadAdapter):
@@ -250,8 +278,10 @@ def _from_disk(weights: Weights, path: str, version: str | None) -> dict[str, An
     return {"success": True, "message": f"updated {n} tensors from {path}", "weight_version": version}
 
 
-def complete(weights: Weights, request: CompletionRequest) -> dict[str, Any]:
-    """Sample the request's completions with rewardhub's TorchBackend; the OpenAI completions response body."""
+def complete(weights: Weights, request: CompletionRequest, should_stop=None) -> dict[str, Any]:
+    """Sample the request's completions with rewardhub's TorchBackend; the OpenAI completions response body.
+
+    ``should_stop`` is asked before every decoded token (the client's disconnect); see ``TorchBackend``."""
     import torch
 
     from rewardhub.generation import TorchBackend
@@ -267,7 +297,9 @@ def complete(weights: Weights, request: CompletionRequest) -> dict[str, Any]:
         rows = [p for p in prompts for _ in range(request.n)]
         try:
             rollout = TorchBackend().generate(model, rows, params, eos_token_id=eos, pad_token_id=pad,
-                                              generator=generator)
+                                              generator=generator, should_stop=should_stop)
+        except GenerationStopped:
+            raise
         except Exception as exc:
             raise Refused(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
     lengths = rollout.completion_lengths.tolist()

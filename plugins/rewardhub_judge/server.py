@@ -198,17 +198,8 @@ def create_app(local: LocalModel, api_key: str | None = None, weight_updates: bo
         if request.model != local.name:
             return _error(404, f"The model {request.model!r} does not exist; this server serves {local.name!r}",
                           code="model_not_found")
-        cancel = threading.Event()
-        work = asyncio.ensure_future(run_in_threadpool(local.complete, request, cancel))  # generation holds the lock
-        gone = asyncio.ensure_future(_disconnected(raw))
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not work.done():
-                cancel.set()  # the client went away (or the server is stopping): stop the generation
-            gone.cancel()
-        try:
-            return JSONResponse(await work)
+            return JSONResponse(await unless_disconnected(raw, local.complete, request))
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.kind, retry=exc.retry)
 
@@ -232,6 +223,22 @@ class ServerThread(AppThread):
     """An OpenAI-compatible app on a daemon thread; ``url`` is its ``/v1`` base URL."""
 
     base_path = "/v1"
+
+
+async def unless_disconnected(raw: Request, fn, *args):
+    """``fn(*args, cancel)`` on a worker thread; ``cancel`` (a :class:`threading.Event`) is set if the client
+    disconnects first, so ``fn`` can stop waiting for the model or stop generating. ``fn``'s result, or its
+    exception (it raises one when it stopped early)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(fn, *args, cancel))  # generation holds the lock
+    gone = asyncio.ensure_future(_disconnected(raw))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            cancel.set()  # the client went away (or the server is stopping): stop the generation
+        gone.cancel()
+    return await work
 
 
 async def _disconnected(request: Request) -> None:
