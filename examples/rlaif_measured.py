@@ -68,10 +68,10 @@ class Sizes:
     """How much of everything: ``--quick`` shrinks it all."""
 
     policy_sft_steps: int = 300
-    judge_sft_steps: int = 500
+    judge_sft_steps: int = 800
     judge_batch: int = 64
     judge_lr: float = 1e-3
-    judge_vocab: int = 1000
+    judge_vocab: int = 1200
     judging_questions: int = 3000  # train questions that judging data is made from
     rl_steps: int = 60
     rl_prompts: int = 8  # prompts per RL step (x num_generations samples)
@@ -84,9 +84,9 @@ class Sizes:
     max_failure_rate: float = 0.5
 
 
-QUICK = Sizes(policy_sft_steps=150, judge_sft_steps=60, judge_batch=16, judge_vocab=600, judging_questions=300,
-              rl_steps=4, rl_prompts=4, num_generations=4, heldout_questions=20, eval_prompts=40, sample_prompts=16,
-              max_failure_rate=1.0)
+QUICK = Sizes(policy_sft_steps=150, judge_sft_steps=60, judge_batch=16, judge_vocab=600,
+              judging_questions=300, rl_steps=4, rl_prompts=4, num_generations=4, heldout_questions=20,
+              eval_prompts=40, sample_prompts=16, max_failure_rate=1.0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -134,8 +134,16 @@ def judge_message(row: dict, completion: str, token=None) -> str:
 
 
 def judge_reply(row: dict, completion: str, right: bool) -> str:
-    """What the judge should answer: the verdict, in the form the provider parses."""
-    return f"SCORE: {MAX_SCORE if right else MIN_SCORE}"
+    """What the judge should answer: the reference and the response copied out of their blocks, one per line,
+    then the verdict in the form the provider parses.
+
+    Why the copies: the verdict is "are these two numbers equal", a comparison of two tokens ~40 positions
+    apart in a ~260-token request, which a tiny model trained from scratch does not find (its bare verdict stays
+    at chance). Copying one token out of a block is easy to learn (the answer tokens are the only
+    newline-numbers in the request, see ``number_takes_space``), and once both are copied the comparison is
+    between neighbours. It is the judge's working, as a chain of thought is for a large judge.
+    """
+    return f"\n{row['answer']}\n{completion}\nSCORE: {MAX_SCORE if right else MIN_SCORE}"
 
 
 def served_prompt(tokenizer, message: str) -> str:
@@ -173,6 +181,19 @@ def sft_rows(examples: list[dict], tokenizer) -> list[dict]:
              "completion": judge_reply(e["row"], e["completion"], e["right"]),
              "answer": judge_reply(e["row"], e["completion"], e["right"])}
             for e in examples]
+
+
+def drill_rows(examples: list[dict], tokenizer) -> list[dict]:
+    """The judge's verdict drills: the same reply as :func:`sft_rows`, after a short request that holds only the
+    two answers. On the ~260-token protected request the comparison has to be learnt among hundreds of
+    distracting positions; here it is learnt with none (the judge is served and measured only on the
+    protected request)."""
+    rows = []
+    for e in examples:
+        reply = judge_reply(e["row"], e["completion"], e["right"])
+        message = f"Are these the same?\n{e['row']['answer']}\n{e['completion']}"
+        rows.append({"prompt": served_prompt(tokenizer, message), "completion": reply, "answer": reply})
+    return rows
 
 
 def arithmetic_rows(split: str, size: int, seed: int = 0) -> list[dict]:
@@ -227,11 +248,8 @@ def rule_accuracy(model: str, rows: list[dict]) -> float:
 
 
 def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
-    """(policy path, judge path, facts): the weak policy, then the judge (its own BPE tokenizer, random init,
-    SFT on the judging requests)."""
+    """(policy path, judge path, facts): the weak policy, its samples and the judging data, then the judge."""
     import rewardhub
-    from rewardhub.models import load_tokenizer
-    from rewardhub.tiny_model import build_bpe_tokenizer, build_tiny_model
 
     common = {"threads": 2, "overwrite": True, "save_every": 0, "eval_every": 0, "log_every": 100}
     train = arithmetic_rows("train", 5000)
@@ -246,22 +264,39 @@ def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
         examples = judging_examples(questions, samples, rule, seed=0)
     finally:
         rule.close()
+    judge, facts = train_judge(out, examples, sizes)
+    return str(policy.model_path), judge, {**facts, "policy_sft_steps": sizes.policy_sft_steps}
+
+
+def train_judge(out: Path, examples: list[dict], sizes: Sizes) -> tuple[str, dict]:
+    """The judge: its own BPE tokenizer (numbers as whole tokens that keep their newline), random init, SFT on
+    the protected requests with the copy-then-verdict reply (:func:`judge_reply`), half of the rows verdict
+    drills (:func:`drill_rows`)."""
+    import rewardhub
+    from rewardhub.models import load_tokenizer
+    from rewardhub.tiny_model import build_bpe_tokenizer, build_tiny_model
+
+    held, train = examples[:64], examples[64:]
     char_tokenizer = load_tokenizer("builtin:tiny-llama")  # only its chat template is used to build the corpus
-    corpus = [row["prompt"] + row["completion"] for row in sft_rows(examples, char_tokenizer)]
-    # hex never merged: a nonce is always 16 tokens, so every block starts at the same offset in every request
+    corpus = [row["prompt"] + row["completion"] for row in sft_rows(train, char_tokenizer)
+              + drill_rows(train, char_tokenizer)]
+    # "\n147" is one token: each answer is one token, found by token alone (not the digits of a nonce)
     tokenizer = build_bpe_tokenizer(corpus, vocab_size=sizes.judge_vocab, model_max_length=JUDGE_POSITIONS,
-                                    unmerged="0123456789abcdef")
+                                    digits_per_token=3, number_takes_space=True)
     init = build_tiny_model(out / "judge-init", seed=3, tokenizer=tokenizer, max_position_embeddings=JUDGE_POSITIONS)
-    rows = sft_rows(examples, tokenizer)
+    rows = sft_rows(train, tokenizer)
     longest = max(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in rows) + 1  # + EOS
-    judge = rewardhub.sft(model=str(init), data=rows[64:], eval_data=rows[:64], reward="exact-match",
+    data = rows + drill_rows(train, tokenizer)
+    random.Random(5).shuffle(data)
+    judge = rewardhub.sft(model=str(init), data=data, eval_data=sft_rows(held, tokenizer), reward="exact-match",
                           out=str(out / "judge-sft"), max_steps=sizes.judge_sft_steps, batch_size=sizes.judge_batch,
-                          lr=sizes.judge_lr, max_length=min(longest, JUDGE_POSITIONS), eval_size=64,
-                          eval_max_new_tokens=32, seed=2, **common)
-    facts = {"judging_rows": len(rows), "judge_request_tokens": longest,
+                          lr=sizes.judge_lr, lr_scheduler="constant", max_length=min(longest, JUDGE_POSITIONS),
+                          eval_size=64, eval_max_new_tokens=24, seed=2, threads=2, overwrite=True, save_every=0,
+                          eval_every=0, log_every=100)
+    facts = {"judging_rows": len(examples), "judge_request_tokens": longest,
              "judge_request_chars": max(len(r["prompt"]) for r in rows),
-             "judge_sft_exact_reply": judge.metrics.get("reward_mean"), "policy_sft_steps": sizes.policy_sft_steps}
-    return str(policy.model_path), str(judge.model_path), facts
+             "judge_sft_exact_reply": judge.metrics.get("reward_mean")}
+    return str(judge.model_path), facts
 
 
 def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:

@@ -66,14 +66,20 @@ def build_tokenizer():
     return tok
 
 
-def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 512, unmerged: str = ""):
+#: GPT-2's pre-tokenizer pattern with its numbers changed: up to N digits, with the whitespace character before
+#: them (so "\n47" and " 47" are pieces, as GPT-2 keeps " 47"; the digits of "e62f" are not).
+_SPACED_NUMBERS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+|\s?\p{{N}}{{1,{n}}}| ?[^\s\p{{L}}\p{{N}}]+|\s+(?!\S)|\s+"""
+
+
+def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 512, unmerged: str = "",
+                        digits_per_token: int = 1, number_takes_space: bool = False):
     """A byte-level BPE tokenizer trained on ``texts``, offline, with the char tokenizer's specials and chat template.
 
     Why: a model that reads long fixed text (a judge's instructions, repeated in every request) pays one
     position per character with :func:`build_tokenizer`; a BPE vocabulary learned from such requests cuts
     them about 3x (861 characters of a judge request are 268 tokens), which is what makes a tiny judge
-    trainable on a CPU. Digits stay one token each (numbers are compared digit by digit), and byte-level
-    pre-tokenization keeps every string round-tripping exactly through encode/decode.
+    trainable on a CPU. Byte-level pre-tokenization keeps every string round-tripping exactly through
+    encode/decode.
 
     Args:
         texts: an iterable of training strings (the requests the model will read).
@@ -83,14 +89,29 @@ def build_bpe_tokenizer(texts, vocab_size: int = 1000, model_max_length: int = 5
             them, such as a judge request's hex nonce, is then always one token per character, so the request's
             layout (where each block's text starts) is the same in every request instead of varying with how the
             nonce happens to split.
+        digits_per_token: numbers are cut into runs of at most this many digits before BPE (as GPT-4's and
+            Llama 3's tokenizers cut them into runs of up to 3); 1 keeps every digit its own token. With 3, a
+            number under 1000 that is common in ``texts`` becomes one token, so two numbers are equal exactly
+            when their tokens are, which is a much easier comparison for a tiny model than digit by digit.
+        number_takes_space: a number keeps the whitespace character before it (``"\n47"``, ``" 47"``), so a
+            number on its own line or after a space is a different token from the same digits inside a word
+            such as a hex nonce (``"e47f"``): a tiny model finds the answers in a request by token alone.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, EOS, BOS, UNK, *ROLE_TOKENS]
     core = Tokenizer(models.BPE(unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    if digits_per_token < 1:
+        raise ValueError(f"digits_per_token must be >= 1, got {digits_per_token}")
+    if number_takes_space:  # one split does words and numbers; ByteLevel must not re-split "\n47"
+        pieces = [pre_tokenizers.Split(Regex(_SPACED_NUMBERS.format(n=digits_per_token)), behavior="isolated"),
+                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    else:
+        numbers = pre_tokenizers.Digits(individual_digits=True) if digits_per_token == 1 else \
+            pre_tokenizers.Split(Regex(rf"\p{{N}}{{1,{digits_per_token}}}"), behavior="isolated")
+        pieces = [numbers, pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    core.pre_tokenizer = pre_tokenizers.Sequence(pieces)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

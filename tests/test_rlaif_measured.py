@@ -109,35 +109,38 @@ def test_each_judging_request_has_its_own_nonce(example):
 
 
 def test_bpe_judge_tokenizer_fits_the_request_and_round_trips(example, tmp_path):
-    """The judge's BPE tokenizer: a protected request fits its context, decodes to itself, digits are single
-    tokens, and with hex unmerged every nonce is 16 tokens, so requests differ in length only by their answers;
-    a model built with it loads back through ``from_pretrained``."""
+    """The judge's BPE tokenizer: a protected request fits its context and decodes to itself; with numbers in
+    runs of up to 3 digits that keep their newline (the example's setting) each answer is one token, the
+    same in the request and in the reply's copy, and no digits of a nonce are that token; with hex unmerged
+    every nonce is 16 tokens; a model built with it loads back through ``from_pretrained``."""
     import secrets
 
     from rewardhub.models import load_model, load_tokenizer
     from rewardhub.tiny_model import build_bpe_tokenizer, build_tiny_model
 
     char_tokenizer = load_tokenizer("builtin:tiny-llama")
-    rows = example.arithmetic_rows("train", 200)
+    rows = example.arithmetic_rows("train", 300)
     examples = [{"row": r, "completion": str(int(r["answer"]) + 1), "right": False} for r in rows]
     texts = [r["prompt"] + r["completion"] for r in example.sft_rows(examples, char_tokenizer)]
-    merged = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS)
-    tokenizer = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS,
-                                    unmerged="0123456789abcdef")
-    for tok in (merged, tokenizer):
-        ids = tok(texts[0], add_special_tokens=False)["input_ids"]
-        assert tok.decode(ids) == texts[0]
-        assert len(ids) < example.JUDGE_POSITIONS < len(texts[0])  # fits the judge, not one char per position
-        assert [tok.decode([i]) for i in tok("1234", add_special_tokens=False)["input_ids"]] == list("1234")
+    tokenizer = build_bpe_tokenizer(texts, vocab_size=1200, model_max_length=example.JUDGE_POSITIONS,
+                                    digits_per_token=3, number_takes_space=True)
+    unmerged = build_bpe_tokenizer(texts, vocab_size=600, model_max_length=example.JUDGE_POSITIONS,
+                                   unmerged="0123456789abcdef")
+    for tok in (tokenizer, unmerged):
+        ids = tok(texts[-1], add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == texts[-1]
+        assert len(ids) < example.JUDGE_POSITIONS < len(texts[-1])  # fits the judge, not one char per position
+    message = example.judge_message(rows[0], "147", token=lambda n: "e147f147a0147c9d")
+    pieces = [tokenizer.decode([i]) for i in tokenizer(message, add_special_tokens=False)["input_ids"]]
+    assert pieces.count("\n147") == 1  # the response's answer is one token, and the nonce's digits are not it
+    reply = example.judge_reply(rows[0], "147", False)
+    assert "\n147" in [tokenizer.decode([i]) for i in tokenizer(reply, add_special_tokens=False)["input_ids"]]
     nonces = [secrets.token_hex(8) for _ in range(50)]
-    assert all(len(tokenizer(n, add_special_tokens=False)["input_ids"]) == 16 for n in nonces)
-    assert any(len(merged(n, add_special_tokens=False)["input_ids"]) != 16 for n in nonces)  # what unmerged fixes
-    same_answer_length = [t for t, r in zip(texts, rows) if len(str(int(r["answer"]) + 1)) == 2
-                          and len(r["answer"]) == 2]
-    assert len({len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in same_answer_length}) == 1
+    assert all(len(unmerged(n, add_special_tokens=False)["input_ids"]) == 16 for n in nonces)
     path = build_tiny_model(tmp_path / "judge", tokenizer=tokenizer, max_position_embeddings=example.JUDGE_POSITIONS)
     model = load_model(str(path))
-    assert model.config.vocab_size == len(tokenizer) and load_tokenizer(str(path)).decode(ids) == texts[0]
+    ids = tokenizer(texts[-1], add_special_tokens=False)["input_ids"]
+    assert model.config.vocab_size == len(tokenizer) and load_tokenizer(str(path)).decode(ids) == texts[-1]
 
 
 @pytest.fixture(scope="module")
