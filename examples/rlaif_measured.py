@@ -8,41 +8,40 @@ What it does, all offline:
 
 1. **Policy.** The built-in tiny model (character-level, ~0.3M parameters), given a short SFT on 2-digit
    addition (``12+35=`` -> ``47``): a policy that is right sometimes.
-2. **Judge.** A separate tiny model trained on *judging* data: the exact request the ``judge`` reward provider
-   sends (its :data:`TEMPLATE` rendered with the provider's own protection: every untrusted field in tags with a
-   fresh per-request nonce, the data notice, look-alikes neutralised; then the judge tokenizer's chat template,
-   exactly as ``rewardhub serve`` applies it) with the reply ``SCORE: 10`` when the answer is right and
-   ``SCORE: 1`` when it is wrong. "Right" is THE RULE: rewardhub's ``verifier`` on the row's gold answer. The
-   answers judged are the gold answer, plausible wrong ones (off by one or ten, digits swapped, a random
-   number) and the weak policy's own samples, balanced half right, half wrong.
-   The judge is reference-guided (the template shows the row's ``answer``, like MT-Bench's reference-guided
-   grading), so it checks the answer against the reference rather than doing the sum. Its tokenizer is a
-   byte-level BPE learned from the judging requests (``rewardhub.tiny_model.build_bpe_tokenizer``): the
-   protected request is ~860 characters, almost all of it fixed instructions and nonce tags; BPE (hex digits
-   never merged, see below) makes that
-   ~360 positions, which a tiny model trains on in minutes on a CPU.
+2. **Judge.** A separate tiny model (the same 2-layer architecture, its own tokenizer, random init) trained on
+   *judging* data: the exact request the ``judge`` reward provider sends (its :data:`TEMPLATE` rendered with
+   the provider's own protection: every untrusted field in tags with a fresh per-request nonce, the data
+   notice, look-alikes neutralised; then the judge tokenizer's chat template, exactly as ``rewardhub serve``
+   applies it). "Right" is THE RULE: rewardhub's ``verifier`` on the row's gold answer. The answers judged are
+   the gold answer, plausible wrong ones (off by one or ten, digits swapped, a random number) and the weak
+   policy's own samples, balanced half right, half wrong. The judge is reference-guided (the template shows
+   the row's ``answer``, like MT-Bench's reference-guided grading): it checks the answer against the
+   reference rather than doing the sum. What makes it learnable (see below for what failed without them):
+   - its tokenizer (``rewardhub.tiny_model.build_bpe_tokenizer``, byte-level BPE learnt from the requests)
+     cuts numbers into runs of up to 3 digits that keep the newline before them (``"\n147"`` is one token),
+     so each answer is one token, and no digit of a nonce is that token;
+   - its reply copies the two answers before the verdict (:func:`judge_reply`), so the comparison is
+     between neighbours, not between two tokens ~40 positions apart among ~260;
+   - half its rows are verdict drills (:func:`drill_rows`): the same reply after a request that holds only
+     the two answers.
 3. **RLAIF.** ``rewardhub serve --model JUDGE`` (127.0.0.1, a free port) and ``rewardhub.train(algo="grpo",
    reward="judge", reward_args={base_url, model, template, ...})`` from the policy.
 4. **Measured, held out** (test-split questions, never trained on by either model): the judge's agreement
    with the rule on judging examples and on the policy's own samples before and after RL, and the policy's
    greedy accuracy under the rule (not the judge) before and after RL.
 
-What was learnt on the way (kept because it decides what works; numbers in the README):
+What was learnt on the way (numbers in the README):
 
 - a judge without the reference that writes the sum before its verdict agreed with the rule at chance: it
   copied the answer under review into its "working" (copying is easier than adding);
-- the reference-guided verdict is learnable by this size of model on a short request (``R 47 A 46`` ->
-  verdict: 84% held out after 500 steps of 64, 95% after 1,300) at learning rate 1e-3, not at 3e-3 (the
-  verdict loss sat at ln 2);
-- the protected request does not fit a character-level judge (861 characters, 256 positions);
-- a judge that first copies both answers (``47 vs 46``) from the tagged blocks could not copy them (it wrote
-  ``98 vs 88`` for ``44``) and said "right" to 90% of held-out examples (39% agreement): with BPE the random
-  nonce splits into a varying number of tokens, so the blocks start at a different offset in every request.
-  Hence ``unmerged="0123456789abcdef"`` below: every nonce is 16 tokens and the layout is fixed.
-- with that fixed layout and a bare ``SCORE: n`` reply (this file's setting), the verdict loss still sat at
-  chance (ln 2) after 300 steps of 64, where that run was stopped: the judge does not work yet, so the
-  measured run does not show an RL gain. Next to try: a deeper judge, longer training, a curriculum from the
-  short request to the protected one.
+- the protected request does not fit a character-level judge (861 characters, 256 positions); BPE makes it
+  ~260 tokens;
+- with one token per digit, a bare ``SCORE: n`` verdict stayed at chance (its loss at ln 2) however the
+  request was laid out, and a judge copying the answers digit by digit could not copy them; a curriculum
+  from a short request did not carry over to the protected one;
+- with an answer as one token the copy was learnt within 150 steps, but without drills the verdict after it
+  was still at chance after 350 steps (a side run; whether it would have come later was not measured). With
+  the drills (this file) the judge agreed with the rule on 94% of held-out examples after 800 steps.
 """
 
 from __future__ import annotations
@@ -67,14 +66,16 @@ TASK = {"digits": 2, "ops": "+"}
 class Sizes:
     """How much of everything: ``--quick`` shrinks it all."""
 
-    policy_sft_steps: int = 300
+    policy_sft_steps: int = 700  # 300 left a policy right 4% of the time at temperature 1: too rare for GRPO
     judge_sft_steps: int = 800
     judge_batch: int = 64
     judge_lr: float = 1e-3
     judge_vocab: int = 1200
     judging_questions: int = 3000  # train questions that judging data is made from
     rl_steps: int = 60
-    rl_prompts: int = 8  # prompts per RL step (x num_generations samples)
+    rl_prompts: int = 16  # prompts per RL step (x num_generations samples)
+    rl_lr: float = 2e-4
+    rl_temperature: float = 0.7
     num_generations: int = 8
     heldout_questions: int = 150  # test questions for the judge's held-out agreement
     eval_prompts: int = 200  # test prompts for the policy's accuracy under the rule
@@ -299,12 +300,19 @@ def train_judge(out: Path, examples: list[dict], sizes: Sizes) -> tuple[str, dic
     return str(judge.model_path), facts
 
 
-def run(out: Path, sizes: Sizes, seeds: list[int]) -> dict:
+def run(out: Path, sizes: Sizes, seeds: list[int], reuse: bool = False) -> dict:
     from rewardhub_judge.subprocess_server import served
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    policy, judge, facts = build_models(out, sizes)
+    if reuse:  # the policy and judge an earlier run left in OUT: RL and the measurements again, nothing retrained
+        policy, judge = str(out / "policy-sft" / "model"), str(out / "judge-sft" / "model")
+        missing = [p for p in (policy, judge) if not Path(p).is_dir()]
+        if missing:
+            raise SystemExit(f"--reuse-models: {missing} not found; run once without it into --out {out}")
+        facts = {"reused_models": True}
+    else:
+        policy, judge, facts = build_models(out, sizes)
     template_file = out / "judge-template.txt"
     template_file.write_text(TEMPLATE, encoding="utf-8")
     heldout = arithmetic_rows("test", max(sizes.eval_prompts, sizes.heldout_questions, sizes.sample_prompts))
@@ -345,7 +353,8 @@ def run_against_judge(url: str, out: Path, sizes: Sizes, seeds: list[int], polic
                 algo="grpo", reward="judge", reward_args=args, model=policy, data=arithmetic_rows("train", 5000),
                 eval_data=eval_rows[:64], out=str(out / f"grpo-judge-seed{seed}"), seed=seed,
                 max_steps=sizes.rl_steps, sft_warmup_steps=0, batch_size=sizes.rl_prompts,
-                num_generations=sizes.num_generations, max_new_tokens=6, temperature=1.0, lr=5e-4, kl_coef=0.0,
+                num_generations=sizes.num_generations, max_new_tokens=6, temperature=sizes.rl_temperature,
+                lr=sizes.rl_lr, kl_coef=0.0,
                 eval_size=64, eval_every=0, save_every=0, log_every=10, completions_every=10, threads=1,
                 max_failure_rate=sizes.max_failure_rate, overwrite=True)
             after_path = str(rl.model_path)
@@ -396,11 +405,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="RL seeds (one RL run each)")
     parser.add_argument("--rl-steps", type=int, help="override the number of GRPO steps")
     parser.add_argument("--out", default="runs/rlaif-measured")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="reuse the policy and judge an earlier run wrote into --out (RL and measurements only)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     if args.rl_steps:
         sizes.rl_steps = args.rl_steps
-    report = run(Path(args.out), sizes, args.seeds)
+    report = run(Path(args.out), sizes, args.seeds, reuse=args.reuse_models)
     print(summary(report))
     return report
 
