@@ -41,7 +41,8 @@ What was learnt on the way (numbers in the README):
   from a short request did not carry over to the protected one;
 - with an answer as one token the copy was learnt within 150 steps, but without drills the verdict after it
   was still at chance after 350 steps (a side run; whether it would have come later was not measured). With
-  the drills (this file) the judge agreed with the rule on 94% of held-out examples after 800 steps.
+  the drills (this file) the judge agreed with the rule on 88-94% of held-out examples after 800 steps
+  (two runs); GRPO against it has not yet moved the policy's greedy accuracy beyond noise (README).
 """
 
 from __future__ import annotations
