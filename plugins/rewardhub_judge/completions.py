@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from rewardhub.generation import GenerationStopped
-from rewardhub_judge.server import unless_disconnected
+from rewardhub_judge.server import RequestError, unless_disconnected
 
 #: rows (prompts x n) one completions request may ask for: a bound on the memory one request takes
 MAX_ROWS = 4096
@@ -192,18 +192,13 @@ def mount_completions(app: FastAPI, local, weight_updates: bool = True) -> Weigh
         """``complete`` once the model is free, unless the client has gone by then or goes while it runs."""
         local.in_flight += 1
         try:
-            while not local.lock.acquire(timeout=0.05):  # one model: requests run one at a time
-                if cancel.is_set():
-                    local.cancelled += 1
-                    raise Refused(499, "the client closed the request before it started")
-            try:
-                local.requests += 1
+            with local.holding(cancel):
                 return complete(weights, request, cancel.is_set)
-            except GenerationStopped as exc:
-                local.cancelled += 1
-                raise Refused(499, f"the client closed the request; generation {exc}") from exc
-            finally:
-                local.lock.release()
+        except RequestError as exc:  # gone before it started
+            raise Refused(exc.status, exc.message) from exc
+        except GenerationStopped as exc:
+            local.cancelled += 1
+            raise Refused(499, f"the client closed the request; generation {exc}") from exc
         finally:
             local.in_flight -= 1
 

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -96,6 +97,26 @@ class LocalModel:
                 raise RequestError(400, f"the chat template rejected the messages: {exc}") from exc
         return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant: "
 
+    @contextmanager
+    def holding(self, cancel: threading.Event):
+        """Hold the model for one request (one generation at a time), counted in ``requests``.
+
+        While it waits for the model it watches ``cancel``: a client that has gone is not served, and the
+        request raises :class:`RequestError` 499, counted in ``cancelled`` (chat and completions alike).
+        """
+        while not self.lock.acquire(timeout=0.05):
+            if cancel.is_set():
+                self.cancelled += 1
+                raise RequestError(499, "the client closed the request before it started")
+        try:
+            if cancel.is_set():
+                self.cancelled += 1
+                raise RequestError(499, "the client closed the request before it started")
+            self.requests += 1
+            yield
+        finally:
+            self.lock.release()
+
     def complete(self, request: ChatRequest, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Generate one reply; raises :class:`RequestError` for requests it cannot serve.
 
@@ -128,15 +149,7 @@ class LocalModel:
         temperature = 1.0 if request.temperature is None else request.temperature
         sampling = {"do_sample": True, "temperature": temperature, "top_p": request.top_p or 1.0} \
             if temperature > 0 else {"do_sample": False}
-        while not self.lock.acquire(timeout=0.05):  # one model: generations run one at a time
-            if cancel.is_set():
-                self.cancelled += 1
-                raise RequestError(499, "the client closed the request before it started")
-        try:
-            if cancel.is_set():
-                self.cancelled += 1
-                raise RequestError(499, "the client closed the request before it started")
-            self.requests += 1
+        with self.holding(cancel):
             if request.seed is not None:
                 torch.manual_seed(request.seed)
             try:
@@ -149,8 +162,6 @@ class LocalModel:
             except Exception as exc:
                 # a 500 the client should not retry: the same request would fail the same way
                 raise RequestError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
-        finally:
-            self.lock.release()
         if cancel.is_set():
             self.cancelled += 1
             raise RequestError(499, "the client closed the request; generation stopped")
