@@ -418,3 +418,30 @@ def run_benchmark(script: str | Path, args: Any, title: str, frameworks: Sequenc
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
+
+
+def print_step_table(title: str, frameworks: Sequence[str], rows: dict[str, Any], lines: Sequence[str],
+                     legend: str, loss_tokens: bool = False) -> None:
+    """The per-framework table of a training benchmark (step time and quartiles, tokens per step, padding,
+    tokens/s overall and per run, peak RSS, setup time), then ``lines`` (the ratios) and ``legend``.
+    ``loss_tokens`` adds the tokens that carry a loss (SFT's completion tokens)."""
+    width = max(len("framework"), *(len(n) for n in frameworks))
+    r0 = rows[frameworks[0]]
+    print(f"\n== {title}, {r0['measured_steps']} measured steps ({r0['repeats']} run(s) each) ==")
+    head = (f"{'framework':{width}s} {'step ms':>8s} {'IQR ms':>15s} {'tok/step':>8s} {'pad share':>9s} "
+            + (f"{'loss tok':>8s} " if loss_tokens else "")
+            + f"{'tokens/s':>9s} {'per run':>22s} {'peak RSS MiB':>12s} {'setup s':>8s}")
+    print(head)
+    print("-" * len(head))
+    for name in frameworks:
+        r = rows[name]
+        pad_share = 1 - r["tokens_per_step"] / r["padded_per_step"]
+        per_run = ", ".join(f"{v:.0f}" for v in r["tokens_per_s_runs"])
+        iqr = f"{r['step_s_q1'] * 1e3:7.1f}-{r['step_s_q3'] * 1e3:<7.1f}"
+        print(f"{name:{width}s} {r['median_step_s'] * 1e3:8.1f} {iqr} {r['tokens_per_step']:8.0f} {pad_share:9.1%} "
+              + (f"{r['loss_tokens_per_step']:8.0f} " if loss_tokens else "")
+              + f"{r['tokens_per_s']:9.0f} {per_run:>22s} {r['peak_rss_mib']:12.1f} "
+              f"{statistics.median(r['setup_s']):8.2f}")
+    for line in lines:
+        print(line)
+    print(legend)

@@ -16,7 +16,9 @@ fed its model. Here both train the same thing, the tokens are counted from the b
 * data: 1,024 (prompt, chosen, rejected) rows of random words: prompt 16-64 tokens, chosen and rejected
   32-192 each (skewed towards short), so a scored sequence (prompt + reply + EOS) spans 49-257 tokens.
   Every sequence fits ``max_length`` (512), so TRL filters none out and rewardhub cuts none: both score
-  identical token sequences, chosen and rejected in one right-padded forward of 2 x batch rows.
+  identical token sequences. TRL scores chosen and rejected in one right-padded forward of 2 x batch rows;
+  rewardhub in groups of similar length (``rewardhub.batching.length_groups``: the same scores and gradients,
+  less padding); ``--with-nogroups`` adds rewardhub with one padded forward (``rewardhub-nogroups``).
 * training: batch 16 pairs, one micro-batch per step, fused AdamW lr 1e-4 constant, no warm-up, weight decay
   0, max grad norm 1.0, fp32, no gradient checkpointing, no centring term, no margin, dropout off, logging /
   evaluation / checkpointing off as far as each allows, ``--threads`` torch threads (default 2). rewardhub's
@@ -32,14 +34,14 @@ back-to-back run pair's ratio are printed beside it, so the spread is visible, a
 CPU second of the process (with one thread, blind to the time spent waiting for a core). ``--repeats`` interleaves runs.
 
     python bench/bench_reward_model_vs_trl.py [--variant small|large|both|tiny] [--steps 23] [--warmup 3]
-                                              [--repeats 3] [--threads 2] [--with-trl-defaults] [--json F]
+                                              [--repeats 3] [--threads 2] [--with-nogroups] [--with-trl-defaults]
+                                              [--json F]
 """
 
 from __future__ import annotations
 
 import json
 import random
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +50,14 @@ from _common import (
     bench_parser,
     driver_ready,
     peak_rss_mib,
+    print_step_table,
     random_text,
     run_benchmark,
     train_trl,
     worker_main,
 )
 
-FRAMEWORKS = ("trl", "rewardhub", "trl-defaults")
+FRAMEWORKS = ("trl", "rewardhub", "rewardhub-nogroups", "trl-defaults")
 BATCH, LR, SEED, N_PAIRS, MAX_LENGTH, POSITIONS = 16, 1e-4, 0, 1024, 512, 512
 
 
@@ -62,13 +65,17 @@ BATCH, LR, SEED, N_PAIRS, MAX_LENGTH, POSITIONS = 16, 1e-4, 0, 1024, 512, 512
 # Workers: one framework per process
 # ------------------------------------------------------------------------------------------------------------
 
-def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, threads: int, clock: StepClock
-                  ) -> dict[str, Any]:
+def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, threads: int, clock: StepClock,
+                  groups: bool = True) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
+    from rewardhub import batching
     from rewardhub.config import RewardModelConfig
     from rewardhub.recipes import reward_model as rm
+
+    if not groups:
+        batching.MAX_LENGTH_GROUPS = 1
 
     cfg = RewardModelConfig(
         model=model_dir, dtype="float32", gradient_checkpointing=False, data=data_file, out=out_dir, seed=SEED,
@@ -131,7 +138,12 @@ def run_trl_defaults(*a, **kw) -> dict[str, Any]:
     return run_trl(*a, **kw, trl_defaults=True)
 
 
-WORKERS = {"trl": run_trl, "rewardhub": run_rewardhub, "trl-defaults": run_trl_defaults}
+def run_rewardhub_nogroups(*a, **kw) -> dict[str, Any]:
+    return run_rewardhub(*a, **kw, groups=False)
+
+
+WORKERS = {"trl": run_trl, "rewardhub": run_rewardhub, "rewardhub-nogroups": run_rewardhub_nogroups,
+           "trl-defaults": run_trl_defaults}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -154,26 +166,12 @@ def write_pairs(path: Path, n_pairs: int = N_PAIRS) -> list[int]:
 
 def print_table(variant: str, n_params: int, frameworks, rows: dict[str, Any], lines: list[str],
                 mean_len: float) -> None:
-    r0 = rows["trl"]
-    print(f"\n== reward model {variant}: {n_params / 1e6:.2f}M parameters, batch {BATCH} pairs ({2 * BATCH} "
-          f"sequences of 49-257 tokens, mean {mean_len:.0f}), {r0['measured_steps']} measured steps "
-          f"({r0['repeats']} run(s) each) ==")
-    head = (f"{'framework':13s} {'step ms':>8s} {'IQR ms':>15s} {'tok/step':>8s} {'pad share':>9s} {'tokens/s':>9s} "
-            f"{'per run':>22s} {'peak RSS MiB':>12s} {'setup s':>8s}")
-    print(head)
-    print("-" * len(head))
-    for name in frameworks:
-        r = rows[name]
-        pad_share = 1 - r["tokens_per_step"] / r["padded_per_step"]
-        per_run = ", ".join(f"{v:.0f}" for v in r["tokens_per_s_runs"])
-        print(f"{name:13s} {r['median_step_s'] * 1e3:8.1f} {r['step_s_q1'] * 1e3:7.1f}-{r['step_s_q3'] * 1e3:<7.1f} "
-              f"{r['tokens_per_step']:8.0f} {pad_share:9.1%} {r['tokens_per_s']:9.0f} {per_run:>22s} "
-              f"{r['peak_rss_mib']:12.1f} {statistics.median(r['setup_s']):8.2f}")
-    for line in lines:
-        print(line)
-    print("(tok/step = non-pad tokens of the training forward, chosen and rejected together; pad share = padded "
-          "slots that are padding; tokens/s = pooled tokens / pooled step time; matched steps = step s of each "
-          "run against step s of the run beside it; run pairs = pooled ratio of each back-to-back pair)")
+    print_step_table(
+        f"reward model {variant}: {n_params / 1e6:.2f}M parameters, batch {BATCH} pairs ({2 * BATCH} sequences of "
+        f"49-257 tokens, mean {mean_len:.0f})", frameworks, rows, lines,
+        legend="(tok/step = non-pad tokens of the training forward, chosen and rejected together; pad share = "
+               "padded slots that are padding; tokens/s = pooled tokens / pooled step time; matched steps = step s "
+               "of each run against step s of the run beside it; run pairs = pooled ratio of each back-to-back pair)")
 
 
 def main() -> None:
@@ -181,6 +179,8 @@ def main() -> None:
     ap = bench_parser(__doc__, FRAMEWORKS, steps=23, repeats=3)
     ap.add_argument("--variant", choices=["small", "large", "both", "tiny"], default="small")
     ap.add_argument("--batch-size", type=int, default=BATCH, help=f"pairs per optimizer step (default {BATCH})")
+    ap.add_argument("--with-nogroups", action="store_true",
+                    help="also run rewardhub with one padded forward per batch (no length groups), as TRL does")
     ap.add_argument("--with-trl-defaults", action="store_true",
                     help="also run TRL on its defaults (bf16 autocast, gradient checkpointing), as bench_dpo.py did")
     args = ap.parse_args()
@@ -190,8 +190,9 @@ def main() -> None:
         return
     if not driver_ready(ap, args, "RewardTrainer"):
         return
-    frameworks = FRAMEWORKS if args.with_trl_defaults else FRAMEWORKS[:2]
-    comparisons = [("rewardhub", "trl", None, ""),
+    frameworks = [f for f in FRAMEWORKS if (f != "rewardhub-nogroups" or args.with_nogroups)
+                  and (f != "trl-defaults" or args.with_trl_defaults)]
+    comparisons = [("rewardhub", "trl", None, ""), ("rewardhub-nogroups", "trl", None, ""),
                    ("rewardhub", "trl-defaults", None, " (TRL's defaults: bf16 autocast + gradient checkpointing)")]
     run_benchmark(__file__, args, "reward model", frameworks, write_pairs, comparisons, print_table, POSITIONS, BATCH)
 

@@ -13,7 +13,7 @@ The same workload goes through both frameworks, each in its own subprocess (so p
   prompt + completion + EOS, right-padded per batch to its longest row, loss on the completion tokens only
   (rewardhub ``completion_only_loss=True``; TRL ``completion_only_loss=True`` on prompt/completion rows).
   rewardhub, as shipped, sends each batch through the model as groups of rows of similar length
-  (``rewardhub.recipes.sft.length_groups``: the same loss and gradients, less padding);
+  (``rewardhub.batching.length_groups``: the same loss and gradients, less padding);
   ``--with-nogroups`` adds ``rewardhub-nogroups``, one padded forward per batch as TRL does, so the table
   separates the grouping from the rest of the loop.
 * training: batch 16 rows, one micro-batch per optimizer step, AdamW (fused, both frameworks' default) lr 1e-4
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from _common import (
     bench_parser,
     driver_ready,
     peak_rss_mib,
+    print_step_table,
     random_text,
     run_benchmark,
     train_trl,
@@ -81,11 +81,12 @@ def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, thre
     import torch
 
     torch.set_num_threads(threads)
+    from rewardhub import batching
     from rewardhub.config import SFTConfig
     from rewardhub.recipes import sft
 
     if not groups:
-        sft.MAX_LENGTH_GROUPS = 1
+        batching.MAX_LENGTH_GROUPS = 1
 
     cfg = SFTConfig(
         model=model_dir, dtype="float32", gradient_checkpointing=False, data=data_file, out=out_dir, seed=SEED,
@@ -168,26 +169,13 @@ def write_rows(path: Path, n_rows: int = N_ROWS) -> list[int]:
 
 def print_table(variant: str, n_params: int, frameworks, rows: dict[str, Any], lines: list[str], mean_len: float
                 ) -> None:
-    r0 = rows["trl"]
-    print(f"\n== SFT {variant}: {n_params / 1e6:.2f}M parameters, batch {BATCH}, rows of 64-256 tokens (mean "
-          f"{mean_len:.0f}), {r0['measured_steps']} measured steps ({r0['repeats']} run(s) each) ==")
-    head = (f"{'framework':18s} {'step ms':>8s} {'IQR ms':>13s} {'tok/step':>8s} {'pad share':>9s} "
-            f"{'loss tok':>8s} {'tokens/s':>9s} {'per run':>22s} {'peak RSS MiB':>12s} {'setup s':>8s}")
-    print(head)
-    print("-" * len(head))
-    for name in frameworks:
-        r = rows[name]
-        pad_share = 1 - r["tokens_per_step"] / r["padded_per_step"]
-        per_run = ", ".join(f"{v:.0f}" for v in r["tokens_per_s_runs"])
-        print(f"{name:18s} {r['median_step_s'] * 1e3:8.1f} {r['step_s_q1'] * 1e3:6.1f}-{r['step_s_q3'] * 1e3:<6.1f} "
-              f"{r['tokens_per_step']:8.0f} {pad_share:9.1%} {r['loss_tokens_per_step']:8.0f} "
-              f"{r['tokens_per_s']:9.0f} {per_run:>22s} {r['peak_rss_mib']:12.1f} "
-              f"{statistics.median(r['setup_s']):8.2f}")
-    for line in lines:
-        print(line)
-    print("(tok/step = non-pad tokens fed to the training forward; pad share = padded slots that are padding; "
-          "loss tok = tokens with a loss; tokens/s = pooled non-pad tokens / pooled step time; matched steps = step s "
-          "of each run against step s of the run beside it; run pairs = pooled ratio of each back-to-back pair)")
+    print_step_table(
+        f"SFT {variant}: {n_params / 1e6:.2f}M parameters, batch {BATCH}, rows of 64-256 tokens (mean {mean_len:.0f})",
+        frameworks, rows, lines, loss_tokens=True,
+        legend="(tok/step = non-pad tokens fed to the training forward; pad share = padded slots that are padding; "
+               "loss tok = tokens with a loss; tokens/s = pooled non-pad tokens / pooled step time; matched steps = "
+               "step s of each run against step s of the run beside it; run pairs = pooled ratio of each "
+               "back-to-back pair)")
 
 
 def main() -> None:

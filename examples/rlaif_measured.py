@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -61,22 +62,24 @@ MIN_SCORE, MAX_SCORE = 1, 10  # the provider's default scale; SCORE: 0 would be 
 JUDGE_NAME = "judge"
 JUDGE_POSITIONS = 512  # the judge's context: a protected request is ~360 BPE tokens
 TASK = {"digits": 2, "ops": "+"}
+#: the policy's SFT teacher drops the units-to-tens carry this often (the default ReFT job's teacher does the same)
+TEACHER_ERROR = 0.6
 
 
 @dataclass
 class Sizes:
     """How much of everything: ``--quick`` shrinks it all."""
 
-    policy_sft_steps: int = 700  # 300 left a policy right 4% of the time at temperature 1: too rare for GRPO
+    policy_sft_steps: int = 1500  # to the teacher's level: 54% greedy, the carry problems mostly wrong
     judge_sft_steps: int = 800
     judge_batch: int = 64
     judge_lr: float = 1e-3
     judge_vocab: int = 1200
     judging_questions: int = 3000  # train questions that judging data is made from
-    rl_steps: int = 60
+    rl_steps: int = 100
     rl_prompts: int = 16  # prompts per RL step (x num_generations samples)
     rl_lr: float = 2e-4
-    rl_temperature: float = 0.7
+    rl_temperature: float = 1.0
     num_generations: int = 8
     heldout_questions: int = 150  # test questions for the judge's held-out agreement
     eval_prompts: int = 200  # test prompts for the policy's accuracy under the rule
@@ -198,10 +201,10 @@ def drill_rows(examples: list[dict], tokenizer) -> list[dict]:
     return rows
 
 
-def arithmetic_rows(split: str, size: int, seed: int = 0) -> list[dict]:
+def arithmetic_rows(split: str, size: int, seed: int = 0, teacher_error: float = 0.0) -> list[dict]:
     from rewardhub_tasks.arithmetic import build_arithmetic
 
-    return build_arithmetic(split, size, seed=seed, **TASK).to_list()
+    return build_arithmetic(split, size, seed=seed, teacher_error=teacher_error, **TASK).to_list()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -241,12 +244,21 @@ def policy_samples(model: str, rows: list[dict], temperature: float, seed: int) 
     return [r["completion"] for r in result.rows]
 
 
-def rule_accuracy(model: str, rows: list[dict]) -> float:
-    """Greedy held-out accuracy under the rule (``rewardhub.evaluate`` with the verifier)."""
-    import rewardhub
+def greedy_correct(model: str, rows: list[dict], rule: Rule) -> list[bool]:
+    """Per held-out prompt, whether the model's greedy answer is right under the rule."""
+    return rule(rows, policy_samples(model, rows, temperature=0.0, seed=0))
 
-    return float(rewardhub.evaluate(model=model, data=rows, reward="verifier", max_new_tokens=6,
-                                    limit=0).metrics["accuracy"])
+
+def paired(before: list[bool], after: list[bool]) -> dict:
+    """The greedy answers before and after RL on the same prompts: how many RL fixed and broke, and the exact
+    two-sided sign test on those (McNemar's exact test): the chance of a split at least this uneven if RL
+    changed answers at random."""
+    fixed = sum(a and not b for b, a in zip(before, after))
+    broken = sum(b and not a for b, a in zip(before, after))
+    n, k = fixed + broken, min(fixed, broken)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"before": sum(before) / len(before), "after": sum(after) / len(after), "fixed": fixed,
+            "broken": broken, "sign_test_p": p}
 
 
 def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
@@ -254,7 +266,7 @@ def build_models(out: Path, sizes: Sizes) -> tuple[str, str, dict]:
     import rewardhub
 
     common = {"threads": 2, "overwrite": True, "save_every": 0, "eval_every": 0, "log_every": 100}
-    train = arithmetic_rows("train", 5000)
+    train = arithmetic_rows("train", 5000, teacher_error=TEACHER_ERROR)
     test = arithmetic_rows("test", 100, seed=1)
     policy = rewardhub.sft(model="builtin:tiny-llama", data=train, eval_data=test, reward="verifier",
                            out=str(out / "policy-sft"), max_steps=sizes.policy_sft_steps, batch_size=64, lr=3e-3,
@@ -318,64 +330,76 @@ def run(out: Path, sizes: Sizes, seeds: list[int], reuse: bool = False) -> dict:
     template_file.write_text(TEMPLATE, encoding="utf-8")
     heldout = arithmetic_rows("test", max(sizes.eval_prompts, sizes.heldout_questions, sizes.sample_prompts))
     eval_rows = heldout[:sizes.eval_prompts]
-    report: dict = {"sizes": vars(sizes), **facts, "policy_before": rule_accuracy(policy, eval_rows), "seeds": {}}
-    with served(judge, out / "judge-server.log", served_name=JUDGE_NAME, start_timeout=120) as url:
-        run_against_judge(url, out, sizes, seeds, policy, template_file, heldout, eval_rows, report)
+    report: dict = {"sizes": vars(sizes), **facts, "seeds": {}}
+    rule = Rule()
+    try:
+        before = greedy_correct(policy, eval_rows, rule)
+        report["policy_before"] = sum(before) / len(before)
+        with served(judge, out / "judge-server.log", served_name=JUDGE_NAME, start_timeout=120) as url:
+            run_against_judge(url, out, sizes, seeds, policy, template_file, heldout, before, rule, report)
+        for seed in seeds:  # the same RL against the rule itself: what a judge that never errs would give
+            path, _ = grpo(out / f"grpo-rule-seed{seed}", "verifier", {}, policy, eval_rows, sizes, seed)
+            report["seeds"][seed]["rule_arm"] = paired(before, greedy_correct(path, eval_rows, rule))
+    finally:
+        rule.close()
     report["minutes"] = (time.monotonic() - t0) / 60
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
-def run_against_judge(url: str, out: Path, sizes: Sizes, seeds: list[int], policy: str, template_file: Path,
-                      heldout: list[dict], eval_rows: list[dict], report: dict) -> None:
-    """The judge's held-out agreement, then one GRPO run per seed against it; results go into ``report``."""
+def grpo(out: Path, reward: str, reward_args: dict, policy: str, eval_rows: list[dict], sizes: Sizes,
+         seed: int) -> tuple[str, dict]:
+    """One GRPO run from the policy, on the train questions (their gold ``answer`` is what the judge and the
+    rule read): the trained model's path and the run's metrics."""
     import rewardhub
+
+    rl = rewardhub.train(
+        algo="grpo", reward=reward, reward_args=reward_args, model=policy, data=arithmetic_rows("train", 5000),
+        eval_data=eval_rows[:64], out=str(out), seed=seed, max_steps=sizes.rl_steps, sft_warmup_steps=0,
+        batch_size=sizes.rl_prompts, num_generations=sizes.num_generations, max_new_tokens=6,
+        temperature=sizes.rl_temperature, lr=sizes.rl_lr, kl_coef=0.0, eval_size=64, eval_every=0, save_every=0,
+        log_every=10, completions_every=10, threads=1, max_failure_rate=sizes.max_failure_rate, overwrite=True)
+    return str(rl.model_path), rl.metrics
+
+
+def run_against_judge(url: str, out: Path, sizes: Sizes, seeds: list[int], policy: str, template_file: Path,
+                      heldout: list[dict], before: list[bool], rule: Rule, report: dict) -> None:
+    """The judge's held-out agreement, then one GRPO run per seed against it; results go into ``report``."""
     from rewardhub.reward_resolution import build_reward
 
-    rule = Rule()
-    try:
-        args = judge_reward_args(url, template_file)
+    args = judge_reward_args(url, template_file)
+    eval_rows = heldout[:len(before)]
+    sample_rows = heldout[:sizes.sample_prompts]
+
+    def judge_on_samples(model: str) -> dict:
+        """The judge against the rule on ``model``'s temperature-1 samples of the sample prompts."""
+        samples = policy_samples(model, sample_rows, temperature=1.0, seed=2)
         provider = build_reward("judge", args)
         try:
-            questions = heldout[:sizes.heldout_questions]
-            samples = policy_samples(policy, questions, temperature=1.0, seed=1)
-            report["judge_heldout"] = judge_agreement(provider, judging_examples(questions, samples, rule, 1,
-                                                                                 balance=False))
-            sample_rows = heldout[:sizes.sample_prompts]
-            before = policy_samples(policy, sample_rows, temperature=1.0, seed=2)
-            report["judge_on_policy_before"] = judge_agreement(provider, [
-                {"row": r, "completion": c, "right": ok} for r, c, ok in zip(sample_rows, before,
-                                                                            rule(sample_rows, before))])
+            return judge_agreement(provider, [{"row": r, "completion": c, "right": ok} for r, c, ok in
+                                              zip(sample_rows, samples, rule(sample_rows, samples))])
         finally:
             provider.close()
-        print(f"judge on held-out judging examples: {report['judge_heldout']}", flush=True)
-        for seed in seeds:
-            rl = rewardhub.train(
-                algo="grpo", reward="judge", reward_args=args, model=policy, data=arithmetic_rows("train", 5000),
-                eval_data=eval_rows[:64], out=str(out / f"grpo-judge-seed{seed}"), seed=seed,
-                max_steps=sizes.rl_steps, sft_warmup_steps=0, batch_size=sizes.rl_prompts,
-                num_generations=sizes.num_generations, max_new_tokens=6, temperature=sizes.rl_temperature,
-                lr=sizes.rl_lr, kl_coef=0.0,
-                eval_size=64, eval_every=0, save_every=0, log_every=10, completions_every=10, threads=1,
-                max_failure_rate=sizes.max_failure_rate, overwrite=True)
-            after_path = str(rl.model_path)
-            provider = build_reward("judge", args)
-            try:
-                after = policy_samples(after_path, sample_rows, temperature=1.0, seed=2)
-                on_after = judge_agreement(provider, [
-                    {"row": r, "completion": c, "right": ok} for r, c, ok in zip(sample_rows, after,
-                                                                                rule(sample_rows, after))])
-            finally:
-                provider.close()
-            report["seeds"][seed] = {
-                "policy_after": rule_accuracy(after_path, eval_rows),
-                "judge_reward_before": rl.metrics.get("before/reward_mean"),
-                "judge_reward_after": rl.metrics.get("after/reward_mean"),
-                "judge_on_policy_after": on_after}
-            print(f"seed {seed}: rule accuracy {report['policy_before']:.1%} -> "
-                  f"{report['seeds'][seed]['policy_after']:.1%}", flush=True)
+
+    questions = heldout[:sizes.heldout_questions]
+    samples = policy_samples(policy, questions, temperature=1.0, seed=1)
+    provider = build_reward("judge", args)
+    try:
+        report["judge_heldout"] = judge_agreement(provider, judging_examples(questions, samples, rule, 1,
+                                                                             balance=False))
     finally:
-        rule.close()
+        provider.close()
+    report["judge_on_policy_before"] = judge_on_samples(policy)
+    print(f"judge on held-out judging examples: {report['judge_heldout']}", flush=True)
+    for seed in seeds:
+        path, metrics = grpo(out / f"grpo-judge-seed{seed}", "judge", args, policy, eval_rows, sizes, seed)
+        report["seeds"][seed] = {
+            "judge_arm": paired(before, greedy_correct(path, eval_rows, rule)),
+            "judge_reward_before": metrics.get("before/reward_mean"),
+            "judge_reward_after": metrics.get("after/reward_mean"),
+            "judge_on_policy_after": judge_on_samples(path)}
+        print(f"seed {seed}: rule accuracy {report['policy_before']:.1%} -> "
+              f"{report['seeds'][seed]['judge_arm']['after']:.1%}", flush=True)
 
 
 def summary(report: dict) -> str:
@@ -390,12 +414,16 @@ def summary(report: dict) -> str:
         f"policy under the rule, greedy, {report['sizes']['eval_prompts']} held-out prompts: "
         f"before RL {report['policy_before']:.1%}"]
     for seed, s in report["seeds"].items():
+        for arm, name in (("judge_arm", "the judge"), ("rule_arm", "the rule itself")):
+            if arm in s:
+                a = s[arm]
+                lines.append(f"  seed {seed}: {report['sizes']['rl_steps']} GRPO steps against {name}: "
+                             f"{a['after']:.1%} (gain {a['after'] - a['before']:+.1%}; {a['fixed']} answers fixed, "
+                             f"{a['broken']} broken, sign test p={a['sign_test_p']:.2g})")
         a = s["judge_on_policy_after"]
-        lines.append(f"  seed {seed}: after {s['rl_steps'] if 'rl_steps' in s else report['sizes']['rl_steps']} "
-                     f"GRPO steps against the judge {s['policy_after']:.1%} "
-                     f"(gain {s['policy_after'] - report['policy_before']:+.1%}); judge's held-out reward "
-                     f"{s['judge_reward_before']:.3f} -> {s['judge_reward_after']:.3f}; judge vs rule on the "
-                     f"new policy's samples {a['agreement']:.1%} (rule: {a['rule_says_right']:.1%} right)")
+        lines.append(f"    judge's held-out reward {s['judge_reward_before']:.3f} -> {s['judge_reward_after']:.3f}; "
+                     f"judge vs rule on the new policy's samples {a['agreement']:.1%} "
+                     f"(rule: {a['rule_says_right']:.1%} right)")
     lines.append(f"({report['minutes']:.1f} minutes)")
     return "\n".join(lines)
 

@@ -160,3 +160,32 @@ def test_lora_reward_model_is_merged_and_loads_by_path(tiny_model_path, tmp_path
                                                  max_steps=2, batch_size=8, lora_r=4, threads=1, center_coef=0.01))
     assert not (Path(final["model_path"]) / "adapter_config.json").exists()
     load_model(final["model_path"], kind="reward")
+
+
+def test_length_grouped_scores_and_gradients_equal_one_padded_forward(tiny_model_path):
+    """Scoring chosen and rejected replies of varied lengths in length groups gives the scores and gradients of
+    one right-padded forward (the reference: ``score_sequences`` on the whole padded batch)."""
+    from rewardhub.batching import length_groups
+    from rewardhub.models import load_model, load_tokenizer
+    from rewardhub.recipes.reward_model import collate_sequences, grouped_scores, score_sequences
+
+    tokenizer = load_tokenizer(str(tiny_model_path))
+    pad = tokenizer.pad_token_id
+    lengths = [3, 40, 5, 60, 8, 30, 4, 50, 6, 45]
+    seqs = [[(7 * i + j) % 40 + 5 for j in range(n)] + [tokenizer.eos_token_id] for i, n in enumerate(lengths)]
+    assert len(length_groups(range(len(seqs)), seqs, length=len)) > 1  # it does split this batch
+    model = load_model(str(tiny_model_path), kind="reward").float()
+
+    def scores_and_grads(fn):
+        model.zero_grad()
+        scores = fn()
+        (scores * torch.arange(1.0, len(seqs) + 1)).sum().backward()  # every score weighted differently
+        return scores.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    one = scores_and_grads(lambda: score_sequences(model, *collate_sequences(seqs, pad)))
+    grouped = scores_and_grads(lambda: grouped_scores(model, seqs, pad, "cpu")[0])
+    torch.testing.assert_close(grouped[0], one[0], rtol=1e-5, atol=1e-5)
+    assert grouped[1].keys() == one[1].keys() and one[1]
+    for key in one[1]:
+        torch.testing.assert_close(grouped[1][key], one[1][key], rtol=1e-4, atol=1e-6)
+    assert grouped_scores(model, seqs, pad, "cpu")[1] == sum(lengths) + len(lengths)  # real tokens only

@@ -108,6 +108,25 @@ def test_each_judging_request_has_its_own_nonce(example):
     assert first != second  # the nonce differs, so the judge learns to read the tags, not one fixed string
 
 
+def test_paired_counts_and_sign_test_against_hand_computed(example):
+    before = [True, True, False, False, False, False, True]
+    after = [True, False, True, True, True, False, True]  # 3 fixed, 1 broken
+    got = example.paired(before, after)
+    assert (got["fixed"], got["broken"]) == (3, 1)
+    assert got["before"] == pytest.approx(3 / 7) and got["after"] == pytest.approx(5 / 7)
+    assert got["sign_test_p"] == pytest.approx(2 * (1 + 4) / 16)  # P(X <= 1), X ~ Binomial(4, 1/2), both tails
+    assert example.paired([False] * 5, [True] * 5)["sign_test_p"] == pytest.approx(2 / 32)
+    assert example.paired([True, False], [True, False])["sign_test_p"] == 1.0  # nothing changed
+    assert example.paired([False] * 3 + [True] * 3, [True] * 3 + [False] * 3)["sign_test_p"] == 1.0  # capped
+
+
+def test_policy_teacher_drops_carries(example):
+    rows = example.arithmetic_rows("train", 2000, teacher_error=example.TEACHER_ERROR)
+    carry = [r for r in rows if sum(int(x) % 10 for x in r["expression"].split("+")) >= 10]
+    assert 0.5 < sum(not r["demo_correct"] for r in carry) / len(carry) < 0.7
+    assert all(r["demo_correct"] for r in rows if r not in carry)
+
+
 def test_bpe_judge_tokenizer_fits_the_request_and_round_trips(example, tmp_path):
     """The judge's BPE tokenizer: a protected request fits its context and decodes to itself; with numbers in
     runs of up to 3 digits that keep their newline (the example's setting) each answer is one token, the
@@ -160,7 +179,12 @@ def test_quick_mode_runs_end_to_end(quick_report):
     assert held["n"] == 3 * 20 and 0 <= held["failed"] <= held["n"]  # gold, a wrong answer, a sample per question
     assert report["judge_on_policy_before"]["n"] == 16
     seed = report["seeds"][0]
-    assert 0.0 <= report["policy_before"] <= 1.0 and 0.0 <= seed["policy_after"] <= 1.0
+    assert 0.0 <= report["policy_before"] <= 1.0
+    for arm in ("judge_arm", "rule_arm"):  # RL against the judge, and the same RL against the rule itself
+        a = seed[arm]
+        assert a["before"] == report["policy_before"] and 0.0 <= a["after"] <= 1.0
+        assert a["after"] - a["before"] == pytest.approx((a["fixed"] - a["broken"]) / 40)  # 40 quick eval prompts
+        assert (out / f"grpo-{arm.split('_')[0]}-seed0" / "metrics.jsonl").is_file()
     assert seed["judge_on_policy_after"]["n"] == 16
     rows = [json.loads(line) for line in (out / "grpo-judge-seed0" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "provider/judge/requests" in r]

@@ -101,6 +101,7 @@ def test_length_groups_split_rows_of_varied_length_and_keep_alike_ones_whole():
 
 def test_length_groups_leave_loss_and_weights_unchanged(tiny_model_path, tmp_path, monkeypatch):
     """Forward/backward over length groups is the same update as one padded micro-batch, with less padding."""
+    from rewardhub import batching
     from rewardhub.recipes import sft
 
     data = tmp_path / "varied.jsonl"
@@ -110,8 +111,8 @@ def test_length_groups_leave_loss_and_weights_unchanged(tiny_model_path, tmp_pat
     forwards = {"grouped": [], "one": []}
     loss = sft.summed_token_loss
     runs = {}
-    for name, groups in (("grouped", sft.MAX_LENGTH_GROUPS), ("one", 1)):
-        monkeypatch.setattr(sft, "MAX_LENGTH_GROUPS", groups)
+    for name, groups in (("grouped", batching.MAX_LENGTH_GROUPS), ("one", 1)):
+        monkeypatch.setattr(batching, "MAX_LENGTH_GROUPS", groups)
         monkeypatch.setattr(sft, "summed_token_loss",
                             lambda m, ids, mask, labels, name=name: forwards[name].append(mask.numel())
                             or loss(m, ids, mask, labels))

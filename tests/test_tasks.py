@@ -47,3 +47,42 @@ def test_bad_options_are_reported_together():
 def test_too_many_rows_for_the_problem_space_is_an_error():
     with pytest.raises(ConfigError, match="distinct"):
         build_arithmetic("train", size=5000, digits=1)
+
+
+def test_teacher_error_drops_carries_at_its_rate_and_only_in_train():
+    rows = build_arithmetic("train", size=4000, ops="+", teacher_error=0.6)
+    carries = dropped = 0
+    for row in rows:
+        a, b = map(int, row["expression"].split("+"))
+        exact = a + b
+        assert row["answer"] == str(exact)  # the gold answer is always right
+        said = int(row["completion"])
+        assert row["demo_correct"] == (said == exact)
+        if a % 10 + b % 10 >= 10:  # the units carry: the only place the teacher errs
+            carries += 1
+            dropped += said != exact
+            assert said in (exact, exact - 10)
+        else:
+            assert said == exact
+    assert 0.55 < dropped / carries < 0.65
+    # the same question gets the same teacher answer whatever the dataset's size
+    small = {r["expression"]: r["completion"] for r in build_arithmetic("train", size=500, ops="+", teacher_error=0.6)}
+    full = {r["expression"]: r["completion"] for r in rows}
+    assert all(full[e] == c for e, c in small.items() if e in full)
+    assert all(build_arithmetic("test", size=200, ops="+-", teacher_error=0.6)["demo_correct"])
+
+
+def test_teacher_error_borrows_in_subtraction_and_errors_carry_on():
+    rows = build_arithmetic("train", size=2000, n_ops=2, ops="-", teacher_error=1.0)
+    for row in rows:
+        a, b, c = map(int, row["expression"].split("-"))
+        first = a - b + (10 if a % 10 < b % 10 else 0)  # borrow not taken: 10 too much
+        second = first - c + (10 if first % 10 < c % 10 else 0)
+        assert row["completion"] == str(second)
+
+
+def test_teacher_error_needs_carry_ops():
+    with pytest.raises(ConfigError, match="teacher_error"):
+        build_arithmetic("train", size=10, ops="+*", teacher_error=0.5)
+    with pytest.raises(ConfigError, match="teacher_error"):
+        build_arithmetic("train", size=10, teacher_error=1.5)

@@ -2,9 +2,13 @@
 
 Each row has ``prompt`` (e.g. ``"12+35="`` or ``"What is 12 plus 35?\\nAnswer: "``), ``completion`` (the
 answer, for SFT), ``answer`` (the gold answer the verifier reads), and ``expression``/``n_ops``/``digits``
-metadata. Splits are disjoint by construction: a problem belongs to the test split iff a stable hash of its
-expression falls in a fixed 1-in-``TEST_SHARE`` bucket, so no test problem can appear in training whatever
-the seeds and sizes.
+metadata. ``teacher_error`` makes the train split's answers come from an imperfect teacher that drops the
+units-to-tens carry (or borrow), as ``arithmetic-cot``'s teacher does: SFT then copies a systematic mistake that
+a reward can correct (the gold ``answer`` stays right).
+
+Splits are disjoint by construction: a problem belongs to the test split iff a stable hash of its expression
+falls in a fixed 1-in-``TEST_SHARE`` bucket, so no test problem can appear in training whatever the seeds and
+sizes.
 """
 
 from __future__ import annotations
@@ -46,6 +50,16 @@ def render(operands: list[int], ops: list[str], style: str) -> tuple[str, str]:
     return expression, f"What is {words}?\nAnswer: "
 
 
+def teacher_answer(operands: list[int], ops: list[str], teacher_error: float, expression: str, seed: int) -> str:
+    """The imperfect teacher's answer: left to right, each step that carries (or borrows) has the carry dropped
+    with probability ``teacher_error`` (``arithmetic_cot``'s teacher, its working left out). Its randomness
+    depends only on the question, so a row never changes with the dataset's size."""
+    from rewardhub_tasks.arithmetic_cot import demonstration
+
+    rng = random.Random(f"teacher/{expression}/{seed}/{teacher_error}")
+    return str(demonstration(operands, ops, list(range(len(operands))), teacher_error, "carry", rng)[1])
+
+
 def build_arithmetic(
     split: str = "train",
     size: int | None = None,
@@ -53,6 +67,7 @@ def build_arithmetic(
     n_ops: int = 1,
     ops: str = "+-",
     style: str = "symbol",
+    teacher_error: float = 0.0,
     seed: int = 0,
 ):
     """Generate the ``arithmetic`` dataset.
@@ -64,10 +79,14 @@ def build_arithmetic(
         n_ops: operations per problem (1 = two operands).
         ops: the operators to draw from, a subset of ``+-*``.
         style: ``symbol`` (``12+35=``), ``word`` (``What is 12 plus 35?``) or ``mixed`` (half each).
+        teacher_error: probability, in ``[0, 1]``, that the ``completion`` of a train row drops the carry (or
+            borrow) in a step that has one, carrying the wrong value on to the next step; needs ``ops`` within
+            ``+-``. The test split, and ``answer``, are always right.
         seed: generator seed; the same arguments always give the same rows.
 
     Returns:
-        A ``datasets.Dataset``.
+        A ``datasets.Dataset``; with ``teacher_error`` its rows also have ``demo_correct`` (whether the
+        completion is the right answer).
     """
     from datasets import Dataset
 
@@ -82,6 +101,10 @@ def build_arithmetic(
         problems.append(f"ops must be a non-empty subset of '+-*', got {ops!r}")
     if style not in ("symbol", "word", "mixed"):
         problems.append(f"style must be symbol, word or mixed, got {style!r}")
+    if not 0 <= teacher_error <= 1:
+        problems.append(f"teacher_error must be in [0, 1], got {teacher_error}")
+    elif teacher_error and set(ops) - set("+-"):
+        problems.append(f"teacher_error drops carries, so it needs ops within '+-', got {ops!r}")
     if problems:
         from rewardhub.errors import ConfigError
 
@@ -109,8 +132,11 @@ def build_arithmetic(
         row_style = style if style != "mixed" else rng.choice(("symbol", "word"))
         _, prompt = render(operands, chosen_ops, row_style)
         answer = str(evaluate(operands, chosen_ops))
-        rows.append(
-            {"prompt": prompt, "completion": answer, "answer": answer, "expression": expression,
-             "n_ops": n_ops, "digits": digits}
-        )
+        row = {"prompt": prompt, "completion": answer, "answer": answer, "expression": expression,
+               "n_ops": n_ops, "digits": digits}
+        if teacher_error:
+            row["completion"] = teacher_answer(operands, chosen_ops, teacher_error if split == "train" else 0.0,
+                                               expression, seed)
+            row["demo_correct"] = row["completion"] == answer
+        rows.append(row)
     return Dataset.from_list(rows)

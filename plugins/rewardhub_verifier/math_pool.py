@@ -485,5 +485,8 @@ class MathCheckPool:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # not contextlib.suppress: at interpreter exit this module's globals may already be None
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass

@@ -1,7 +1,7 @@
 """Reward-model training: a Bradley-Terry scorer learned from (prompt, chosen, rejected) pairs.
 
 Read top to bottom: pairs -> token ids (prompt + reply + EOS, the prompt cut from the left) -> for each step,
-accumulate micro-batches (chosen and rejected scored in one forward pass) -> clip, step, schedule
+accumulate micro-batches (chosen and rejected scored together, in groups of similar length) -> clip, step, schedule
 (:class:`RewardModel`; :func:`rewardhub.loop.run` logs, evaluates held-out pairwise accuracy and checkpoints)
 -> calibration statistics -> ``out/model``.
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rewardhub.batching import length_groups
 from rewardhub.config import RewardModelConfig
 from rewardhub.data import load_rows, require_columns, with_explicit_prompts
 from rewardhub.engine import DataOrder, clip_and_step, make_optimizer, save_final_model
@@ -89,6 +90,26 @@ def collate_sequences(seqs: Sequence[list[int]], pad_id: int):
 def score_sequences(model, ids, mask):
     """``(N,)`` float32 scores: the classifier output at each row's last real token."""
     return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].float()
+
+
+def grouped_scores(model, seqs: Sequence[list[int]], pad_id: int, device):
+    """``(N,)`` scores of ``seqs`` in their order, with gradients, and the number of real tokens.
+
+    The sequences go through the model as groups of similar length (:func:`rewardhub.batching.length_groups`),
+    each padded on its own: a pair's chosen and rejected replies often differ in length, and one padded batch
+    spends much of its forward and backward on padding. A score reads the row's last real token, which right
+    padding after it does not change (causal attention), so the scores and their gradients are those of one
+    padded forward (tested).
+    """
+    import torch
+
+    groups = length_groups(range(len(seqs)), seqs, length=len)
+    parts = []
+    for group in groups:
+        ids, mask = (t.to(device) for t in collate_sequences([seqs[i] for i in group], pad_id))
+        parts.append(score_sequences(model, ids, mask))
+    order = torch.tensor([i for group in groups for i in group], device=device)
+    return torch.cat(parts)[torch.argsort(order)], sum(len(s) for s in seqs)
 
 
 def score_ids(model, seqs: Sequence[list[int]], pad_id: int, batch_size: int, device) -> list[float]:
@@ -202,14 +223,13 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: Rewa
     tokens = 0
     for k, batch in enumerate(batches):
         n = len(batch)
-        ids, mask = (t.to(accelerator.device)
-                     for t in collate_sequences([e["chosen"] for e in batch] + [e["rejected"] for e in batch], pad_id))
+        seqs = [e["chosen"] for e in batch] + [e["rejected"] for e in batch]
         margin = None
         if "margin" in batch[0]:
             margin = torch.tensor([e["margin"] for e in batch], dtype=torch.float32, device=accelerator.device)
         sync = k == len(batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            scores = score_sequences(model, ids, mask)
+            scores, positions = grouped_scores(model, seqs, pad_id, accelerator.device)
             loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin, cfg.center_coef)
             # bradley_terry_loss averages over this micro-batch; scale to the mean over every pair of the step.
             accelerator.backward(loss * n * world / max(total_pairs, 1))
@@ -218,7 +238,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: Rewa
         sums["margin"] += float(stats["margin"]) * n
         sums["reward_chosen"] += float(scores[:n].detach().sum())
         sums["reward_rejected"] += float(scores[n:].detach().sum())
-        tokens += int(mask.sum())
+        tokens += positions
     grad_norm = clip_and_step(accelerator, model, optimizer, cfg.max_grad_norm, scheduler)
     values = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device), "sum")
     metrics = {k: float(v) / max(total_pairs, 1) for k, v in zip(STAT_KEYS, values.tolist())}
