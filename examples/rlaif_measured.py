@@ -6,8 +6,13 @@
 
 What it does, all offline:
 
-1. **Policy.** The built-in tiny model (character-level, ~0.3M parameters), given a short SFT on 2-digit
-   addition (``12+35=`` -> ``47``): a policy that is right sometimes.
+1. **Policy.** The built-in tiny model (character-level, ~0.3M parameters), given SFT on 2-digit addition
+   (``12+35=`` -> ``47``) from an imperfect teacher that drops the units-to-tens carry 60% of the time (the
+   ``arithmetic`` task's ``teacher_error``; the default ReFT job's teacher makes the same mistake). SFT copies
+   the mistake, so the policy is wrong on many sums that carry, and a reward that knows better can correct it.
+   With a correct teacher there is little for any reward to add: on the default job's clean setting RL
+   against the rule itself moved accuracy by -1.8 to 0 points, and an earlier version of this example, SFT'd
+   on right answers, moved by +/-2 points against the judge.
 2. **Judge.** A separate tiny model (the same 2-layer architecture, its own tokenizer, random init) trained on
    *judging* data: the exact request the ``judge`` reward provider sends (its :data:`TEMPLATE` rendered with
    the provider's own protection: every untrusted field in tags with a fresh per-request nonce, the data
@@ -28,7 +33,9 @@ What it does, all offline:
    reward="judge", reward_args={base_url, model, template, ...})`` from the policy.
 4. **Measured, held out** (test-split questions, never trained on by either model): the judge's agreement
    with the rule on judging examples and on the policy's own samples before and after RL, and the policy's
-   greedy accuracy under the rule (not the judge) before and after RL.
+   greedy accuracy under the rule (not the judge) before and after RL, paired per prompt (answers fixed and
+   broken, exact sign test). For scale, the same GRPO run against the rule itself (the ``verifier``): what a
+   judge that never errs would give.
 
 What was learnt on the way (numbers in the README):
 
@@ -41,8 +48,10 @@ What was learnt on the way (numbers in the README):
   from a short request did not carry over to the protected one;
 - with an answer as one token the copy was learnt within 150 steps, but without drills the verdict after it
   was still at chance after 350 steps (a side run; whether it would have come later was not measured). With
-  the drills (this file) the judge agreed with the rule on 88-94% of held-out examples after 800 steps
-  (two runs); GRPO against it has not yet moved the policy's greedy accuracy beyond noise (README).
+  the drills (this file) the judge agreed with the rule on 88-96% of held-out examples after 800 steps
+  (three runs);
+- from a policy SFT'd on right answers, GRPO against the judge moved greedy accuracy by +/-2 points (noise);
+  from the imperfect teacher's policy it gains about as much as GRPO against the rule itself (README).
 """
 
 from __future__ import annotations

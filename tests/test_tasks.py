@@ -86,3 +86,11 @@ def test_teacher_error_needs_carry_ops():
         build_arithmetic("train", size=10, ops="+*", teacher_error=0.5)
     with pytest.raises(ConfigError, match="teacher_error"):
         build_arithmetic("train", size=10, teacher_error=1.5)
+
+
+def test_default_size_fits_a_small_problem_space():
+    rows = build_arithmetic("train", ops="+")  # ~9,000 distinct 2-digit sums: the default 10,000 cannot be met
+    assert len(rows) == int(0.8 * 9000) and len(set(rows["expression"])) == len(rows)
+    assert len(build_arithmetic("test", ops="+")) == 500
+    with pytest.raises(ConfigError, match="distinct"):
+        build_arithmetic("train", size=10_000, ops="+")  # asked for explicitly: refused, not shrunk

@@ -74,7 +74,8 @@ def build_arithmetic(
 
     Args:
         split: ``train`` or ``test`` (disjoint).
-        size: number of rows (default 10,000 train / 500 test). Rows are distinct within a split.
+        size: number of rows (default 10,000 train / 500 test, or 80% of the distinct problems when there are
+            fewer). Rows are distinct within a split.
         digits: operands are drawn uniformly from ``0 .. 10**digits - 1``.
         n_ops: operations per problem (1 = two operands).
         ops: the operators to draw from, a subset of ``+-*``.
@@ -109,10 +110,12 @@ def build_arithmetic(
         from rewardhub.errors import ConfigError
 
         raise ConfigError(problems, header="invalid arithmetic task options")
-    size = DEFAULT_SIZES[split] if size is None else size
     want_test = split == "test"
     space = (10**digits) ** (n_ops + 1) * len(ops) ** n_ops
     capacity = space // TEST_SHARE if want_test else space - space // TEST_SHARE
+    # the default size shrinks to what a small problem space holds (2-digit "+" has ~9,000 train problems);
+    # a size asked for is kept or refused
+    size = min(DEFAULT_SIZES[split], int(capacity * 0.8)) if size is None else size
     if size > capacity * 0.8:
         from rewardhub.errors import ConfigError
 
