@@ -100,11 +100,16 @@ def zero_std_share(values: list[float]) -> float:
 # ------------------------------------------------------------------------------------------------------------
 
 def run_rewardhub(model_dir: str, data_file: str, out_dir: str, steps: int, clock: StepClock, reward_fn,
-                  skip: bool = True, threads: int = 1, pipelined: bool = False) -> dict[str, Any]:
+                  skip: bool = True, threads: int = 1, pipelined: bool = False,
+                  pipeline_threads: tuple[int, int] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
+    from rewardhub import rollout_pipeline
     from rewardhub.config import RLConfig
+
+    if pipeline_threads:  # an experiment: another (trainer, generator) split than the shipped halves
+        rollout_pipeline.split_threads = lambda total: pipeline_threads
     from rewardhub.recipes import rl as ppo
     from rewardhub.rewards import Reward, RewardProvider
 
@@ -234,7 +239,8 @@ def worker(args: argparse.Namespace) -> None:
         else:
             result = run_rewardhub(args.model_dir, args.data_file, out, args.steps, clock, reward_fn,
                                    skip=args.worker != "rewardhub-noskip", threads=args.threads,
-                                   pipelined=args.worker == "rewardhub-pipelined")
+                                   pipelined=args.worker == "rewardhub-pipelined",
+                                   pipeline_threads=args.pipeline_threads)
     result["wall_s"] = time.perf_counter() - t0
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -287,7 +293,8 @@ def run_worker(framework: str, model_dir: Path, data_file: Path, reward: str, ar
            "TRL_EXPERIMENTAL_SILENCE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir),
            "--data-file", str(data_file), "--reward", reward, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--result", str(result), "--threads", str(args.threads)]
+           "--result", str(result), "--threads", str(args.threads),
+           *(["--pipeline-threads", ",".join(map(str, args.pipeline_threads))] if args.pipeline_threads else [])]
     if profile is not None:
         cmd += ["--profile", str(profile)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -388,6 +395,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per framework process (default 1); the pipelined variant splits them "
                          "between trainer and generator (2: one each)")
+    ap.add_argument("--pipeline-threads", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                    metavar="T,G", help="pipelined: torch threads of the trainer and of the generator instead of "
+                                        "halves of --threads (an experiment; they may oversubscribe the cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="cProfile the measured steps of each framework's first run, write DIR/<variant>_<framework>"
