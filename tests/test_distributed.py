@@ -59,3 +59,27 @@ def test_pipelined_rl_on_two_processes_matches_the_synchronous_loop(tiny_model_p
     for key in sync:
         torch.testing.assert_close(s0[key], sync[key], rtol=0, atol=0)
     assert any(not torch.equal(s1[key], sync[key]) for key in sync)  # staleness 1 did train off-policy
+
+
+def test_reward_model_on_two_processes_trains_exactly_like_one(tiny_model_path, tmp_path):
+    """Reward-model training scores each micro-batch as several length groups (several forwards before one
+    backward); under DDP that must still give one process's weights (2 x 4 pairs against 1 x 8)."""
+    import json
+
+    from rewardhub.batching import length_groups
+
+    lengths = [3, 40, 5, 60, 8, 30, 4, 50]  # varied, so each micro-batch is split into groups
+    rows = [{"prompt": f"{i}+{i}=", "chosen": "7" * lengths[i % 8], "rejected": "1" * lengths[(i + 3) % 8]}
+            for i in range(64)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seqs = [[0] * len(r["chosen"]) for r in rows[:4]] + [[0] * len(r["rejected"]) for r in rows[:4]]
+    assert len(length_groups(range(8), seqs, length=len)) > 1
+    common = ["train-rm", "--model", str(tiny_model_path), "--data", str(data), "--max-steps", "3",
+              "--eval-size", "0", "--calibration-size", "8"]
+    rewardhub_cli([*common, "--batch-size", "8", "--out", str(tmp_path / "one")], 1, tmp_path)
+    rewardhub_cli([*common, "--batch-size", "4", "--out", str(tmp_path / "two")], 2, tmp_path)
+    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)

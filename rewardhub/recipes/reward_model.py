@@ -229,7 +229,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: Rewa
             margin = torch.tensor([e["margin"] for e in batch], dtype=torch.float32, device=accelerator.device)
         sync = k == len(batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            scores, positions = grouped_scores(model, seqs, pad_id, accelerator.device)
+            scores, real_tokens = grouped_scores(model, seqs, pad_id, accelerator.device)
             loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin, cfg.center_coef)
             # bradley_terry_loss averages over this micro-batch; scale to the mean over every pair of the step.
             accelerator.backward(loss * n * world / max(total_pairs, 1))
@@ -238,7 +238,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg: Rewa
         sums["margin"] += float(stats["margin"]) * n
         sums["reward_chosen"] += float(scores[:n].detach().sum())
         sums["reward_rejected"] += float(scores[n:].detach().sum())
-        tokens += positions
+        tokens += real_tokens
     grad_norm = clip_and_step(accelerator, model, optimizer, cfg.max_grad_norm, scheduler)
     values = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device), "sum")
     metrics = {k: float(v) / max(total_pairs, 1) for k, v in zip(STAT_KEYS, values.tolist())}
