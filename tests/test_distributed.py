@@ -23,15 +23,23 @@ def rewardhub_cli(args, processes, cwd):
     return result
 
 
+def weights(out):
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def assert_two_processes_train_like_one(common, one_batch, tmp_path):
+    """``common`` on 1 process with micro-batch ``one_batch``, then on 2 with half of it: the same weights."""
+    rewardhub_cli([*common, "--batch-size", str(one_batch), "--out", str(tmp_path / "one")], 1, tmp_path)
+    rewardhub_cli([*common, "--batch-size", str(one_batch // 2), "--out", str(tmp_path / "two")], 2, tmp_path)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)
+
+
 def test_two_processes_train_exactly_like_one(tiny_model_path, tmp_path):
     common = ["sft", "--model", str(tiny_model_path), "--data-arg", "size=256", "--max-steps", "4",
               "--eval-size", "8", "--save-every", "2", "--eval-max-new-tokens", "3"]
-    rewardhub_cli([*common, "--batch-size", "16", "--out", str(tmp_path / "one")], 1, tmp_path)
-    rewardhub_cli([*common, "--batch-size", "8", "--out", str(tmp_path / "two")], 2, tmp_path)
-    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)
+    assert_two_processes_train_like_one(common, 16, tmp_path)
     assert (tmp_path / "two" / "checkpoints" / "step-4" / "trainer_state.json").exists()
 
 
@@ -52,9 +60,7 @@ def test_pipelined_rl_on_two_processes_matches_the_synchronous_loop(tiny_model_p
     rewardhub_cli([*common, "--out", str(tmp_path / "sync")], 2, tmp_path)
     rewardhub_cli([*common, "--async-rollouts", "--max-staleness", "0", "--out", str(tmp_path / "s0")], 2, tmp_path)
     rewardhub_cli([*common, "--async-rollouts", "--max-staleness", "1", "--out", str(tmp_path / "s1")], 2, tmp_path)
-    sync = load_file(str(tmp_path / "sync" / "model" / "model.safetensors"))
-    s0 = load_file(str(tmp_path / "s0" / "model" / "model.safetensors"))
-    s1 = load_file(str(tmp_path / "s1" / "model" / "model.safetensors"))
+    sync, s0, s1 = (weights(tmp_path / name) for name in ("sync", "s0", "s1"))
     assert any(not torch.equal(sync[k], load_file(str(tiny_model_path / "model.safetensors"))[k]) for k in sync)
     for key in sync:
         torch.testing.assert_close(s0[key], sync[key], rtol=0, atol=0)
@@ -77,9 +83,4 @@ def test_reward_model_on_two_processes_trains_exactly_like_one(tiny_model_path, 
     assert len(length_groups(range(8), seqs, length=len)) > 1
     common = ["train-rm", "--model", str(tiny_model_path), "--data", str(data), "--max-steps", "3",
               "--eval-size", "0", "--calibration-size", "8"]
-    rewardhub_cli([*common, "--batch-size", "8", "--out", str(tmp_path / "one")], 1, tmp_path)
-    rewardhub_cli([*common, "--batch-size", "4", "--out", str(tmp_path / "two")], 2, tmp_path)
-    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)
+    assert_two_processes_train_like_one(common, 8, tmp_path)
